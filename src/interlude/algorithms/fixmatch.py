@@ -1,0 +1,62 @@
+"""FixMatch (Sohn et al., 2020): confident weak-view pseudo-labels train the strong view."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from interlude.algorithms.base import Algorithm, Metrics, ViewLogits
+from interlude.algorithms.supervised import supervised_loss
+
+
+def pseudo_label(
+    logits_weak: torch.Tensor, threshold: float, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hard pseudo-labels from the weak view, with gradients stopped.
+
+    q = softmax(z_w / T); targets = argmax q; mask = 1[max q >= threshold].
+    Returns (targets, mask as float, q).
+    """
+    probs = torch.softmax(logits_weak.detach().float() / temperature, dim=-1)
+    confidence, targets = probs.max(dim=-1)
+    return targets, (confidence >= threshold).float(), probs
+
+
+def masked_cross_entropy(
+    logits_strong: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``(1/N) sum_n mask_n * CE(z_s_n, target_n)``: the mean over *all* N rows, masked or not."""
+    return (F.cross_entropy(logits_strong.float(), targets, reduction="none") * mask).mean()
+
+
+def fixmatch_unlabeled_loss(
+    logits_weak: torch.Tensor,
+    logits_strong: torch.Tensor,
+    threshold: float,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FixMatch's unlabeled loss; returns (loss, mask, targets)."""
+    targets, mask, _ = pseudo_label(logits_weak, threshold, temperature)
+    return masked_cross_entropy(logits_strong, targets, mask), mask, targets
+
+
+class FixMatch(Algorithm):
+    name = "fixmatch"
+    views = ("lw", "uw", "us")
+
+    def unlabeled_loss(self, logits: ViewLogits, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, mask, pseudo-labels) of the pseudo-label term; FreeMatch/FlexMatch override it."""
+        return fixmatch_unlabeled_loss(
+            logits.uw, logits.us, self.cfg.threshold, self.cfg.temperature
+        )
+
+    def loss(self, logits: ViewLogits, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, Metrics]:
+        loss_sup = supervised_loss(logits.lw, labels, self.supervised_weights)
+        loss_unsup, mask, _ = self.unlabeled_loss(logits, step)
+        loss = loss_sup + self.cfg.lambda_u * loss_unsup
+        return loss, {
+            "loss": loss.detach(),
+            "loss_sup": loss_sup.detach(),
+            "loss_unsup": loss_unsup.detach(),
+            "mask_rate": mask.mean(),
+        }

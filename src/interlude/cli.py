@@ -1,0 +1,203 @@
+"""Command line: ``interlude train|eval|config|sweep|report|predict|export``.
+
+Errors caused by the user (bad config, missing data, corrupt checkpoint) are printed as a single
+``error: ...`` line with exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from interlude.errors import InterludeError
+
+log = logging.getLogger("interlude")
+
+
+def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    """``train [CONFIG] [key=value ...]``: the config file is optional."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from interlude.config import load_config
+    from interlude.train import run
+
+    config_path, overrides = _split_config_and_overrides(args.items)
+    cfg = load_config(config_path, overrides)
+    run_dir = run(cfg, resume=args.resume, stop_after=args.stop_after, overwrite=args.overwrite)
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        print(_format_summary(json.loads(summary_path.read_text()), run_dir))
+    else:
+        print(f"stopped before the end; continue with: interlude train {' '.join(args.items)} "
+              "--resume")
+    return 0
+
+
+def _format_summary(summary: dict, run_dir: Path) -> str:
+    primary = summary.get("primary_model", "ema")
+    lines = [f"run: {run_dir}"]
+    for title, record in (("last", summary.get("last")), ("selected (best val)",
+                                                           summary.get("best"))):
+        if not record:
+            continue
+        parts = [
+            f"{key.split('/')[-1]}={record[key]:.4f}"
+            for key in (f"test/{primary}/top1", f"test/{primary}/balanced_acc",
+                        f"test/{primary}/macro_f1")
+            if key in record
+        ]
+        if parts:
+            lines.append(f"{title} @ step {record.get('step')}: test {primary} " + " ".join(parts))
+    return "\n".join(lines)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from interlude.inference import evaluate_run
+
+    results = evaluate_run(Path(args.run_dir), args.checkpoint, args.split, args.model)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for key, value in results.items():
+            if key.endswith("confusion"):
+                print(f"{key}:")
+                for row in value:
+                    print("  " + " ".join(f"{v:5d}" for v in row))
+            else:
+                print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from interlude.config import field_docs, load_config
+
+    if args.action == "keys":
+        for key, (tp, default, doc) in field_docs().items():
+            print(f"{key} ({tp}, default {default!r}): {doc}")
+        return 0
+    config_path, overrides = _split_config_and_overrides(args.items)
+    print(load_config(config_path, overrides).to_yaml(), end="")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from interlude.experiments.sweep import run_sweep_cli
+
+    run_dirs = run_sweep_cli(args)
+    print("\n".join(str(d) for d in run_dirs))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from interlude.experiments.report import write_report
+
+    path = write_report([Path(d) for d in args.run_dirs], Path(args.out))
+    print(path)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from interlude.inference import predict_cli
+
+    return predict_cli(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from interlude.export import export_run
+
+    print(export_run(Path(args.run_dir), args.format, args.out, args.checkpoint))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interlude",
+        description="Semi-supervised image classification with InterLUDE and its baselines.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model: interlude train CONFIG [key=value ...]")
+    train.add_argument("items", nargs="*", metavar="CONFIG|key=value",
+                       help="a YAML config file (optional) followed by overrides")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run from its checkpoints/last.pt")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start over even if the run dir holds a run")
+    train.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                       help="stop (with a checkpoint) at this step; continue later with --resume")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a run's checkpoint")
+    ev.add_argument("run_dir")
+    ev.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    ev.add_argument("--split", choices=["test", "val"], default="test")
+    ev.add_argument("--model", choices=["ema", "raw"], default="ema")
+    ev.add_argument("--json", action="store_true", help="print JSON")
+    ev.set_defaults(func=cmd_eval)
+
+    cfg = sub.add_parser("config", help="show the resolved config, or list every key")
+    cfg.add_argument("action", choices=["show", "keys"])
+    cfg.add_argument("items", nargs="*", metavar="CONFIG|key=value")
+    cfg.set_defaults(func=cmd_config)
+
+    sweep = sub.add_parser("sweep", help="run a grid of configs x seeds")
+    sweep.add_argument("config", help="a run config, or a sweep file (configs/sweeps/*.yaml)")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value")
+    sweep.add_argument("--grid", nargs="+", default=[], metavar="key=v1,v2",
+                       help="values to sweep per key (cartesian product)")
+    sweep.add_argument("--seeds", default=None, help="training seeds, e.g. 0,1,2")
+    sweep.add_argument("--processes", type=int, default=1,
+                       help="run this many trainings at once as separate processes")
+    sweep.set_defaults(func=cmd_sweep)
+
+    report = sub.add_parser("report", help="Markdown table and plots from run dirs")
+    report.add_argument("run_dirs", nargs="+")
+    report.add_argument("--out", default="report")
+    report.set_defaults(func=cmd_report)
+
+    predict = sub.add_parser("predict", help="classify image files with a trained run")
+    predict.add_argument("run_dir")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--out", default=None, help="CSV file (default: print to stdout)")
+    predict.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    predict.add_argument("--batch-size", type=int, default=256)
+    predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="export the EMA model with its preprocessing")
+    export.add_argument("run_dir")
+    export.add_argument("--format", choices=["safetensors", "onnx", "torchscript"],
+                        default="safetensors")
+    export.add_argument("--out", default=None, help="output folder (default RUN_DIR/export)")
+    export.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    export.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except InterludeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

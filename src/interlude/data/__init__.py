@@ -1,0 +1,34 @@
+"""Datasets: loaders (``registry``), the labeled split (``splits``) and augmentation (``augment``)."""
+
+from __future__ import annotations
+
+from interlude.config import DataConfig
+from interlude.data.base import UNLABELED, ImageSet, RawDataset, SSLData
+from interlude.data.registry import dataset_names, load_raw, register_dataset
+from interlude.data.splits import build_ssl_data, save_split
+
+__all__ = [
+    "UNLABELED",
+    "ImageSet",
+    "RawDataset",
+    "SSLData",
+    "build_data",
+    "dataset_names",
+    "load_raw",
+    "register_dataset",
+    "save_split",
+]
+
+
+def build_data(cfg: DataConfig) -> SSLData:
+    """Load the dataset named in ``cfg`` and draw its labeled split."""
+    raw = load_raw(cfg)
+    if cfg.labeled_classes is not None or cfg.outlier_ratio > 0:
+        from interlude.data.openset import make_open_set
+
+        raw = make_open_set(raw, cfg)
+    if cfg.resolution is not None:
+        from interlude.data.transforms import resize_raw
+
+        raw = resize_raw(raw, cfg.resolution)
+    return build_ssl_data(raw, cfg)

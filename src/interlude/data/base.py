@@ -1,0 +1,97 @@
+"""Containers shared by every dataset.
+
+Images are kept as ``uint8`` arrays in ``(N, C, H, W)`` layout (a ``np.memmap`` is fine for large
+sets such as STL-10's 100k unlabeled images). Augmentation and normalisation happen later, on
+tensors, so a dataset loader only has to read files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from interlude.errors import DataError
+
+UNLABELED = -1
+
+
+@dataclass
+class ImageSet:
+    """Images ``(N, C, H, W)`` uint8 and integer labels ``(N,)`` (``-1`` = unknown)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise DataError(
+                f"images must be (N, C, H, W), got shape {tuple(self.images.shape)}"
+            )
+        if self.images.dtype != np.uint8:
+            raise DataError(f"images must be uint8, got {self.images.dtype}")
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.labels.shape != (len(self.images),):
+            raise DataError(
+                f"{len(self.images)} images but labels have shape {self.labels.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, indices: np.ndarray) -> ImageSet:
+        indices = np.asarray(indices, dtype=np.int64)
+        return ImageSet(np.ascontiguousarray(self.images[indices]), self.labels[indices])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+
+@dataclass
+class RawDataset:
+    """What a dataset loader returns, before the labeled split is drawn.
+
+    ``train`` is the pool the class-balanced labeled split (and the optional validation split) is
+    drawn from; everything in it that is not labeled or validation becomes unlabeled.
+    ``extra_unlabeled`` is always unlabeled (STL-10's unlabeled split, an image folder).
+    """
+
+    name: str
+    train: ImageSet
+    test: ImageSet | None
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hflip: bool = True
+    extra_unlabeled: ImageSet | None = None
+    val: ImageSet | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class SSLData:
+    """The sets a run trains and evaluates on."""
+
+    labeled: ImageSet
+    unlabeled: ImageSet
+    test: ImageSet | None
+    val: ImageSet | None
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hflip: bool
+    split: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.labeled.shape

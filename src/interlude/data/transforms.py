@@ -1,0 +1,36 @@
+"""Deterministic image transforms applied once at load time (resizing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from interlude.data.base import ImageSet, RawDataset
+
+
+def resize_images(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
+    """Resize uint8 (N, C, H, W) images to (N, C, size, size) with antialiased bilinear filtering."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = np.empty((len(images), images.shape[1], size, size), dtype=np.uint8)
+    for start in range(0, len(images), chunk):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk])).float()
+        resized = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True)
+        out[start : start + chunk] = resized.round().clamp(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def _resize_set(images: ImageSet | None, size: int) -> ImageSet | None:
+    if images is None:
+        return None
+    return ImageSet(resize_images(images.images, size), images.labels)
+
+
+def resize_raw(raw: RawDataset, size: int) -> RawDataset:
+    """Return ``raw`` with every split resized to ``size`` x ``size``."""
+    raw.train = _resize_set(raw.train, size)  # type: ignore[assignment]
+    raw.test = _resize_set(raw.test, size)
+    raw.val = _resize_set(raw.val, size)
+    raw.extra_unlabeled = _resize_set(raw.extra_unlabeled, size)
+    return raw

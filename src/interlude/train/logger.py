@@ -1,0 +1,115 @@
+"""Metric logs of a run: JSONL (every event), CSV (train rows), optional TensorBoard, progress bar."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("interlude")
+
+TRAIN_COLUMNS = [
+    "step", "loss", "loss_sup", "loss_unsup", "loss_dc", "loss_fair", "mask_rate", "lr",
+    "img_per_s", "data_img_per_s",
+]
+
+
+class RunLogger:
+    """Writes ``metrics.jsonl`` and ``metrics.csv`` in the run dir; only rank 0 should own one."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False, resume_step: int = 0) -> None:
+        self.run_dir = run_dir
+        jsonl_path, csv_path = run_dir / "metrics.jsonl", run_dir / "metrics.csv"
+        if resume_step > 0:
+            # drop what an interrupted run logged after its last checkpoint: it is redone
+            _truncate_jsonl(jsonl_path, resume_step)
+            _truncate_csv(csv_path, resume_step)
+        mode = "a" if resume_step > 0 else "w"
+        write_header = mode == "w" or not csv_path.exists()
+        self._jsonl = open(jsonl_path, mode)  # noqa: SIM115 - closed in close()
+        self._csv_file = open(csv_path, mode, newline="")  # noqa: SIM115
+        self._csv = csv.DictWriter(self._csv_file, TRAIN_COLUMNS, extrasaction="ignore")
+        if write_header:
+            self._csv.writeheader()
+        self._tb = _tensorboard_writer(run_dir) if tensorboard else None
+
+    def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        record = {"step": step, "kind": kind, **values}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if kind == "train":
+            self._csv.writerow(record)
+            self._csv_file.flush()
+        if self._tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"{kind}/{key}" if kind == "train" else key, value, step)
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._csv_file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    if not path.exists():
+        return
+    kept = [
+        line for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= last_step
+    ]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _truncate_csv(path: Path, last_step: int) -> None:
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = lines[:1] + [line for line in lines[1:] if int(line.split(",")[0]) <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _tensorboard_writer(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("train.tensorboard=true needs: pip install 'interlude[tensorboard]'; skipped")
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+class Progress:
+    """A tqdm bar showing loss, mask rate, lr and images/s; silent when disabled or not a TTY."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=total, initial=initial, unit="step", dynamic_ncols=True,
+                disable=not sys.stderr.isatty() and not enabled, file=sys.stderr,
+            )
+
+    def update(self, steps: int, values: dict[str, float]) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(steps)
+        shown = {k: values[k] for k in ("loss", "mask_rate", "lr", "img_per_s") if k in values}
+        self._bar.set_postfix(
+            {k.replace("_rate", ""): f"{v:.3g}" for k, v in shown.items()}, refresh=False
+        )
+
+    def write(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            log.info(text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,361 @@
+"""The training loop: one :class:`Trainer` owns optimisation, evaluation, logging and checkpoints.
+
+Data, model and algorithm are built outside and passed in, so each can be swapped or tested alone.
+The hot path never synchronises with the host: per-step metrics are summed on the device and read
+once per log interval, and a NaN loss is detected there too (never saved into a checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from interlude.algorithms.base import Algorithm
+from interlude.config import Config
+from interlude.data.base import SSLData
+from interlude.data.layout import build_layout
+from interlude.data.sampler import StepSampler
+from interlude.errors import CheckpointError, ConfigError, TrainingDiverged
+from interlude.train.checkpoint import (
+    FORMAT_VERSION,
+    config_differences,
+    load_checkpoint,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
+from interlude.train.distributed import DistContext
+from interlude.train.ema import ModelEMA, unwrap
+from interlude.train.evaluate import evaluate_model
+from interlude.train.forward import BatchBuilder, Preprocess, forward_views
+from interlude.train.logger import Progress, RunLogger
+from interlude.train.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("interlude")
+
+# Config keys that may change between an interrupted run and its resumption.
+RESUMABLE_CHANGES = {
+    "train.log_interval", "train.eval_interval", "train.checkpoint_interval", "train.progress",
+    "train.tensorboard", "train.num_workers", "train.device", "train.threads",
+    "train.eval_batch_size", "train.out_dir", "train.run_name", "data.data_dir", "data.download",
+}
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: Config,
+        data: SSLData,
+        model: nn.Module,
+        algorithm: Algorithm,
+        run_dir: Path,
+        device: torch.device,
+        dist: DistContext | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.run_dir = run_dir
+        self.device = device
+        self.dist = dist or DistContext()
+        t = cfg.train
+        if t.batch_size % self.dist.world_size:
+            raise ConfigError(
+                f"train.batch_size={t.batch_size} is the global labeled batch and must divide by "
+                f"the {self.dist.world_size} processes; use a multiple of {self.dist.world_size}"
+            )
+        self.channels_last = t.channels_last and device.type == "cuda"
+        self.autocast = t.precision == "bf16" and device.type == "cuda"
+        if t.precision == "bf16" and device.type != "cuda":
+            log.warning("train.precision=bf16 applies on CUDA only; this %s run uses fp32", device)
+        model.fusion.strength = algorithm.fusion_strength
+        model.fusion.at_eval = cfg.algorithm.fusion_at_eval
+        model = model.to(device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.algorithm = algorithm.to(device)
+        self.optimizer = build_optimizer(model, t)
+        self.scheduler = build_scheduler(self.optimizer, t)
+        self.ema = ModelEMA(model, t.ema_decay) if t.ema_decay > 0 else None
+        self.train_model = self.dist.wrap(model, t.sync_bn)
+        if t.compile:
+            self.train_model = torch.compile(self.train_model)
+        local_batch = t.batch_size // self.dist.world_size
+        mu = t.mu if algorithm.uses_unlabeled else 0
+        self.layout = build_layout(algorithm.views, local_batch, mu, cfg.algorithm.layout)
+        self.layout = self.layout.to(device)
+        self.preprocess = Preprocess(data.mean, data.std, device, self.channels_last)
+        self.sampler = StepSampler(len(data.labeled), len(data.unlabeled), t.batch_size, mu, t.seed)
+        self.batches = BatchBuilder(
+            data.labeled, data.unlabeled, self.sampler, self.layout.views, self.preprocess,
+            data.hflip, t.seed, device, self.dist.rank, self.dist.world_size,
+        )
+        self.step = 0
+        self.best: dict[str, Any] | None = None
+        self.last_eval: dict[str, Any] = {}
+        self._stop_requested = False
+        self._diverged = torch.zeros((), dtype=torch.bool, device=device)
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        x, labels, idx_u = self.batches.build(step)
+        self.algorithm.current_unlabeled_indices = idx_u
+        self.train_model.train()
+        with torch.autocast("cuda", torch.bfloat16) if self.autocast else nullcontext():
+            logits = forward_views(self.train_model, x, self.layout)
+        loss, metrics = self.algorithm.loss(logits, labels, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self._diverged |= ~torch.isfinite(loss.detach())
+        return metrics
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train until ``train.steps`` (or ``stop_after`` steps, to train in chunks)."""
+        t = self.cfg.train
+        end = t.steps if stop_after is None else min(t.steps, stop_after)
+        main = self.dist.is_main
+        logger = RunLogger(self.run_dir, t.tensorboard, resume_step=self.step) if main else None
+        progress = Progress(t.steps, self.step, t.progress and main)
+        sums: dict[str, torch.Tensor] = {}
+        window = _Window(self.step)
+        try:
+            with self._stop_on_signal():
+                while self.step < end and not self._stop_requested:
+                    started = time.perf_counter()
+                    metrics = self.train_step(self.step)
+                    window.data_time += self.batches.last_build_seconds
+                    for key, value in metrics.items():
+                        sums[key] = sums[key] + value if key in sums else value.clone()
+                    self.step += 1
+                    window.images += self.layout.order.numel() * self.dist.world_size
+                    window.step_time += time.perf_counter() - started
+                    if self.step % t.log_interval == 0 or self.step == end:
+                        self._log_train(sums, window, logger, progress)
+                        sums, window = {}, _Window(self.step)
+                    if self.step % t.eval_interval == 0 or self.step == t.steps:
+                        self._evaluate(logger, progress)
+                    if self.step % t.checkpoint_interval == 0 or self.step == end:
+                        self.save_checkpoint()
+            if self._stop_requested:
+                self.save_checkpoint()
+                progress.write(f"interrupted: checkpoint saved at step {self.step}; "
+                               "continue with --resume")
+        finally:
+            progress.close()
+            if logger is not None:
+                logger.close()
+        summary = self.summary(interrupted=self.step < t.steps)
+        if main and self.step >= t.steps:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+    def _log_train(self, sums, window, logger, progress) -> None:
+        self._check_finite()
+        steps = self.step - window.start
+        values = {k: float(v) / steps for k, v in self._reduce(sums).items()}
+        values["lr"] = self.scheduler.get_last_lr()[0]
+        values["img_per_s"] = window.images / max(window.step_time, 1e-9)
+        if window.data_time > 0:
+            values["data_img_per_s"] = window.images / window.data_time
+        if logger is not None:
+            logger.write("train", self.step, values)
+        progress.update(steps, values)
+
+    def _reduce(self, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not sums:
+            return {}
+        keys = sorted(sums)
+        stacked = self.dist.all_reduce_mean(torch.stack([sums[k].float() for k in keys]))
+        return dict(zip(keys, stacked.cpu().unbind(), strict=True))
+
+    def _check_finite(self) -> None:
+        diverged = bool(self.dist.all_reduce_max(self._diverged.float()).item())
+        if diverged:
+            last = self.run_dir / "checkpoints" / "last.pt"
+            kept = (f"the last good checkpoint is {last}" if last.exists()
+                    else "no checkpoint had been written yet")
+            raise TrainingDiverged(
+                f"loss became NaN/inf before step {self.step}; training stopped and {kept}. "
+                "Lower train.lr or check the data for NaN values"
+            )
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_models(self) -> dict[str, nn.Module]:
+        models = {"raw": self.model}
+        if self.ema is not None:
+            models["ema"] = self.ema.module
+        return models
+
+    def _evaluate(self, logger, progress) -> None:
+        self._check_finite()
+        record: dict[str, Any] = {}
+        splits = {"val": self.data.val, "test": self.data.test}
+        for split, images in splits.items():
+            if images is None or len(images) == 0:
+                continue
+            for name, model in self.eval_models().items():
+                metrics = self.dist.evaluate(
+                    lambda m=model, im=images: evaluate_model(
+                        m, im, self.preprocess, self.data.num_classes,
+                        self.cfg.train.eval_batch_size, self.device,
+                    )
+                )
+                for key, value in metrics.items():
+                    record[f"{split}/{name}/{key}"] = value
+        record["step"] = self.step
+        self.last_eval = record
+        primary = self.primary_model
+        if self.data.val is not None and self.cfg.train.select_on == "val":
+            key = f"val/{primary}/top1"
+            if self.best is None or record[key] > self.best[key]:
+                self.best = dict(record)
+                self._save_best()
+        if logger is not None:
+            logger.write("eval", self.step, _scalars(record))
+        shown = ", ".join(
+            f"{k}={v:.4f}" for k, v in _scalars(record).items() if k.endswith("/top1")
+        )
+        progress.write(f"step {self.step}: {shown}")
+
+    @property
+    def primary_model(self) -> str:
+        return "ema" if self.ema is not None else "raw"
+
+    def summary(self, interrupted: bool = False) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "algorithm": c.algorithm.name,
+            "dataset": c.data.name,
+            "seed": c.train.seed,
+            "data_seed": c.data.data_seed,
+            "labels_per_class": c.data.labels_per_class,
+            "steps": self.step,
+            "primary_model": self.primary_model,
+            "selected_by": "val" if self.best is not None else "last",
+            "interrupted": interrupted,
+            "last": self.last_eval,
+            "best": self.best,
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def meta(self) -> dict[str, Any]:
+        d = self.data
+        return {
+            "num_classes": d.num_classes,
+            "class_names": list(d.class_names),
+            "image_shape": list(d.image_shape),
+            "mean": list(d.mean),
+            "std": list(d.std),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "meta": self.meta(),
+            "model": unwrap(self.model).state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "algorithm": self.algorithm.state_dict(),
+            "rng": rng_state(),
+            "best": self.best,
+            "last_eval": self.last_eval,
+        }
+
+    def save_checkpoint(self) -> None:
+        self._check_finite()
+        if self.dist.is_main:
+            save_atomic(self.state_dict(), self.run_dir / "checkpoints" / "last.pt")
+        self.dist.barrier()
+
+    def _save_best(self) -> None:
+        if self.dist.is_main:
+            state = {
+                "format_version": FORMAT_VERSION, "step": self.step,
+                "config": self.cfg.to_dict(), "meta": self.meta(),
+                "model": unwrap(self.model).state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "best": self.best,
+            }
+            save_atomic(state, self.run_dir / "checkpoints" / "best.pt")
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore everything needed to continue exactly where the checkpoint was taken."""
+        state = load_checkpoint(path, self.device)
+        diffs = config_differences(state["config"], self.cfg.to_dict(), RESUMABLE_CHANGES)
+        if diffs:
+            raise CheckpointError(
+                f"{path} was written with a different config ({'; '.join(diffs)}); resume with "
+                "the original config, or start a new run (another train.run_name)"
+            )
+        if "optimizer" not in state:
+            raise CheckpointError(f"{path} holds weights only (best.pt?); resume from last.pt")
+        try:
+            unwrap(self.model).load_state_dict(state["model"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.algorithm.load_state_dict(state["algorithm"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(
+                f"{path} does not match this model/algorithm: {str(exc).splitlines()[0][:200]}"
+            ) from None
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.best = state.get("best")
+        self.last_eval = state.get("last_eval") or {}
+
+    # ------------------------------------------------------------------ interruption
+    @contextmanager
+    def _stop_on_signal(self):
+        """Ctrl-C / SIGTERM finish the current step, save a checkpoint and stop cleanly."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            if self._stop_requested:  # second Ctrl-C: give up immediately
+                raise KeyboardInterrupt
+            self._stop_requested = True
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class _Window:
+    """Counters of one log interval."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.images = 0
+        self.step_time = 0.0
+        self.data_time = 0.0
+
+
+def _scalars(record: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: v for k, v in record.items()
+        if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
+    }
