@@ -77,11 +77,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from interlude.config import field_docs, load_config
+    from interlude.config import config_reference_markdown, field_docs, load_config
 
     if args.action == "keys":
-        for key, (tp, default, doc) in field_docs().items():
-            print(f"{key} ({tp}, default {default!r}): {doc}")
+        print(config_reference_markdown() if args.markdown else "\n".join(
+            f"{key} ({tp}, default {default!r}): {doc}"
+            for key, (tp, default, doc) in field_docs().items()
+        ))
         return 0
     config_path, overrides = _split_config_and_overrides(args.items)
     print(load_config(config_path, overrides).to_yaml(), end="")
@@ -147,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="show the resolved config, or list every key")
     cfg.add_argument("action", choices=["show", "keys"])
     cfg.add_argument("items", nargs="*", metavar="CONFIG|key=value")
+    cfg.add_argument("--markdown", action="store_true", help="keys: print a Markdown table")
     cfg.set_defaults(func=cmd_config)
 
     sweep = sub.add_parser("sweep", help="run a grid of configs x seeds")

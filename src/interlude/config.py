@@ -224,6 +224,16 @@ def field_docs() -> dict[str, tuple[str, Any, str]]:
     return docs
 
 
+def config_reference_markdown() -> str:
+    """The config reference table embedded in the README (kept in sync by a test)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, (tp, default, doc) in field_docs().items():
+        text = " ".join(doc.split()).replace("|", "\\|")
+        type_text = tp.replace("|", " \\| ")
+        rows.append(f"| `{key}` | {type_text} | `{default!r}` | {text} |")
+    return "\n".join(rows)
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:

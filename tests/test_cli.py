@@ -1,0 +1,58 @@
+"""The command line: one-line errors, config display, a tiny training run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from interlude.cli import main
+
+
+def test_unknown_key_is_one_line_error(capsys):
+    assert main(["train", "train.stepz=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown config key 'train.stepz'")
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_bad_labels_per_class_is_one_line_error(capsys, tmp_path):
+    code = main(["train", "data.labels_per_class=1000", f"train.out_dir={tmp_path}"])
+    assert code == 2
+    assert "lower data.labels_per_class" in capsys.readouterr().err
+
+
+def test_config_show_prints_resolved_yaml(capsys):
+    assert main(["config", "show", "configs/digits.yaml", "train.steps=7"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 7" in out and "name: interlude" in out
+
+
+def test_config_keys_lists_documented_keys(capsys):
+    assert main(["config", "keys"]) == 0
+    out = capsys.readouterr().out
+    assert "algorithm.fusion_strength (float, default 0.1): Embedding fusion alpha" in out
+
+
+def test_train_subprocess_writes_run_dir(tmp_path, tiny_overrides):
+    result = subprocess.run(
+        [sys.executable, "-m", "interlude", "train", "configs/digits.yaml", *tiny_overrides],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test ema top1=" in result.stdout
+    run_dir = tmp_path / "runs" / "digits-interlude-s0"
+    for name in ("config.yaml", "split.json", "metrics.jsonl", "metrics.csv", "summary.json"):
+        assert (run_dir / name).is_file(), name
+
+
+def test_readme_config_reference_is_up_to_date():
+    from pathlib import Path
+
+    from interlude.config import config_reference_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = "<!-- CONFIG-REFERENCE:START -->", "<!-- CONFIG-REFERENCE:END -->"
+    embedded = readme[readme.index(start) + len(start) : readme.index(end)].strip()
+    assert embedded == config_reference_markdown(), (
+        "README config table is stale: regenerate with `interlude config keys --markdown`"
+    )
