@@ -1,0 +1,63 @@
+"""Optimizer groups, the cosine(7/16) schedule, and the EMA update."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from interlude.config import TrainConfig
+from interlude.nets import SmallCNN
+from interlude.train.ema import ModelEMA
+from interlude.train.optim import build_optimizer, build_scheduler, cosine_factor, split_decay_groups
+
+
+def test_no_weight_decay_on_batchnorm_and_bias():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 3))
+    decay, no_decay = split_decay_groups(model, 5e-4)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[3].weight)}
+    assert {id(p) for p in no_decay["params"]} == {
+        id(model[0].bias), id(model[1].weight), id(model[1].bias), id(model[3].bias)
+    }
+
+
+def test_cosine_schedule_values():
+    assert cosine_factor(0, 100) == 1.0
+    assert cosine_factor(100, 100) == pytest.approx(math.cos(7 * math.pi / 16))  # ~0.195
+    assert cosine_factor(50, 100) == pytest.approx(math.cos(7 * math.pi / 32))
+    assert cosine_factor(300, 100, cycles=1.0) == 0.0  # floored at zero
+
+
+def test_scheduler_and_sgd_settings():
+    model = SmallCNN(3, width=4)
+    cfg = TrainConfig(steps=10, lr=0.03)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.03 * math.cos(7 * math.pi / 16))
+
+
+def test_ema_matches_per_tensor_reference_and_copies_buffers():
+    torch.manual_seed(0)
+    model = SmallCNN(3, width=4)
+    ema = ModelEMA(model, decay=0.9)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        for b in model.buffers():
+            if b.dtype.is_floating_point:
+                b.add_(2.0)
+    ema.update(model)
+    for name, value in ema.module.named_parameters():
+        expected = 0.9 * before[name] + 0.1 * dict(model.named_parameters())[name]
+        assert torch.allclose(value, expected, atol=1e-6)
+    for name, value in ema.module.named_buffers():
+        assert torch.equal(value, dict(model.named_buffers())[name])
+    assert not any(p.requires_grad for p in ema.module.parameters())
