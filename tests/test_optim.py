@@ -11,7 +11,12 @@ from torch import nn
 from interlude.config import TrainConfig
 from interlude.nets import SmallCNN
 from interlude.train.ema import ModelEMA
-from interlude.train.optim import build_optimizer, build_scheduler, cosine_factor, split_decay_groups
+from interlude.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    cosine_factor,
+    split_decay_groups,
+)
 
 
 def test_no_weight_decay_on_batchnorm_and_bias():

@@ -27,7 +27,7 @@ class DataConfig:
     """Which images to use and how the labeled split is drawn."""
 
     name: str = "digits"
-    """Dataset: digits, mnist5k, cifar10, cifar100, stl10, svhn, imagefolder (see `interlude.data`)."""
+    """Dataset: digits, mnist5k, cifar10, cifar100, stl10, svhn, imagefolder, tmed2."""
     data_dir: str = "data"
     """Folder holding the dataset files (standard benchmarks)."""
     download: bool = False
@@ -41,7 +41,7 @@ class DataConfig:
     split_file: str | None = None
     """Reuse the split saved by an earlier run (its `split.json`) instead of drawing one."""
     resolution: int | None = None
-    """Square image size fed to the network; None keeps the dataset's native size."""
+    """Square image size fed to the network; None = native size (imagefolder 32, tmed2 112)."""
     hflip: bool | None = None
     """Random horizontal flip in the weak view; None uses the dataset default (off for digits)."""
     labeled_dir: str | None = None
@@ -250,9 +250,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         args = get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_none and type(None) in args:
+            return None
         errors = []
         for arg in args:
             if arg is type(None):

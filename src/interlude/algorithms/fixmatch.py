@@ -44,7 +44,9 @@ class FixMatch(Algorithm):
     name = "fixmatch"
     views = ("lw", "uw", "us")
 
-    def unlabeled_loss(self, logits: ViewLogits, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def unlabeled_loss(
+        self, logits: ViewLogits, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, mask, pseudo-labels) of the pseudo-label term; FreeMatch/FlexMatch override it."""
         return fixmatch_unlabeled_loss(
             logits.uw, logits.us, self.cfg.threshold, self.cfg.temperature

@@ -56,6 +56,9 @@ class RawDataset:
     ``train`` is the pool the class-balanced labeled split (and the optional validation split) is
     drawn from; everything in it that is not labeled or validation becomes unlabeled.
     ``extra_unlabeled`` is always unlabeled (STL-10's unlabeled split, an image folder).
+    ``all_train_labeled`` marks a pool whose every image carries a label the user wants used
+    (an image folder): the split then keeps all of them labeled, apart from the validation
+    hold-out, instead of drawing ``labels_per_class``.
     """
 
     name: str
@@ -68,6 +71,7 @@ class RawDataset:
     extra_unlabeled: ImageSet | None = None
     val: ImageSet | None = None
     notes: list[str] = field(default_factory=list)
+    all_train_labeled: bool = False
 
     @property
     def num_classes(self) -> int:

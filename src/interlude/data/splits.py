@@ -50,6 +50,36 @@ def draw_split(
     return {"labeled": sorted(labeled), "val": sorted(val)}
 
 
+def draw_all_labeled_split(
+    labels: np.ndarray,
+    num_classes: int,
+    val_per_class: int,
+    data_seed: int,
+    class_names: list[str] | None = None,
+) -> dict[str, list[int]]:
+    """Label every pool image except ``val_per_class`` per class held out for validation.
+
+    Used for pools the user labeled on purpose (an image folder): discarding their labels down to
+    ``labels_per_class`` would surprise them.
+    """
+    rng = np.random.default_rng(data_seed)
+    labeled: list[int] = []
+    val: list[int] = []
+    for c in range(num_classes):
+        name = class_names[c] if class_names else str(c)
+        members = np.flatnonzero(labels == c)
+        if len(members) <= val_per_class:
+            raise DataError(
+                f"class '{name}' has {len(members)} labeled images, but {val_per_class} per class "
+                "are held out for validation and at least one must stay labeled; lower "
+                "data.val_per_class or add images"
+            )
+        chosen = rng.permutation(members)
+        val.extend(chosen[:val_per_class].tolist())
+        labeled.extend(chosen[val_per_class:].tolist())
+    return {"labeled": sorted(labeled), "val": sorted(val)}
+
+
 def load_split_file(path: str | Path, pool_size: int) -> dict[str, list[int]]:
     """Read a ``split.json`` written by an earlier run and check it fits this training pool."""
     path = Path(path)
@@ -85,6 +115,10 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
         )
     if cfg.split_file:
         split = load_split_file(cfg.split_file, len(pool))
+    elif raw.all_train_labeled:
+        split = draw_all_labeled_split(
+            pool.labels, raw.num_classes, cfg.val_per_class, cfg.data_seed, raw.class_names
+        )
     else:
         split = draw_split(
             pool.labels, raw.num_classes, cfg.labels_per_class, cfg.val_per_class,
@@ -103,7 +137,7 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
     taken[split["val"]] = True
     unlabeled = _hide_labels(pool.subset(np.flatnonzero(~taken)))
     if raw.extra_unlabeled is not None and len(raw.extra_unlabeled):
-        unlabeled = _concat(unlabeled, _hide_labels(raw.extra_unlabeled))
+        unlabeled = concat_sets(unlabeled, _hide_labels(raw.extra_unlabeled))
     if len(unlabeled) == 0:
         raise DataError(
             f"{raw.name}: no unlabeled images remain after the split; semi-supervised training "
@@ -119,6 +153,8 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
         "labeled": split["labeled"],
         "val": split["val"],
     }
+    if raw.all_train_labeled:
+        record["all_train_labeled"] = True
     return SSLData(
         labeled=labeled,
         unlabeled=unlabeled,
@@ -141,7 +177,65 @@ def _hide_labels(images: ImageSet) -> ImageSet:
     return ImageSet(images.images, images.labels)
 
 
-def _concat(a: ImageSet, b: ImageSet) -> ImageSet:
+def concat_sets(a: ImageSet, b: ImageSet) -> ImageSet:
+    """Stack two image sets; memory-mapped parts (STL-10's 100k unlabeled) stay on disk."""
+    if len(a) == 0:
+        return b
+    if len(b) == 0:
+        return a
     if a.shape != b.shape:
         raise DataError(f"unlabeled images of shape {b.shape} do not match {a.shape}")
-    return ImageSet(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]))
+    labels = np.concatenate([a.labels, b.labels])
+    parts = [*_parts(a.images), *_parts(b.images)]
+    if any(isinstance(p, np.memmap) for p in parts):
+        return ImageSet(ConcatImages(parts), labels)  # type: ignore[arg-type]
+    return ImageSet(np.concatenate(parts), labels)
+
+
+def _parts(images: np.ndarray) -> list[np.ndarray]:
+    return list(images.parts) if isinstance(images, ConcatImages) else [images]
+
+
+class ConcatImages:
+    """Read-only row-wise concatenation of uint8 ``(N, C, H, W)`` arrays, without copying them.
+
+    ``np.concatenate`` would read a memory-mapped part (2.8 GB for STL-10's unlabeled split) into
+    RAM; this gathers only the rows asked for. It supports what the data pipeline uses: ``len``,
+    ``shape``/``dtype``/``ndim``/``nbytes``, and indexing rows by int, slice or index array.
+    """
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        self.parts = parts
+        self.offsets = np.cumsum([0, *(len(p) for p in parts)])
+        self.shape: tuple[int, ...] = (int(self.offsets[-1]), *parts[0].shape[1:])
+        self.dtype = parts[0].dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
+        if not isinstance(key, slice) and np.ndim(key) == 0:  # int, numpy or torch scalar
+            return self[np.array([int(key)])][0]
+        if isinstance(key, slice):
+            key = np.arange(*key.indices(len(self)))
+        index = np.asarray(key)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        index = np.where(index < 0, index + len(self), index).astype(np.int64)
+        if index.size and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} images")
+        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        which = np.searchsorted(self.offsets, index, side="right") - 1
+        for part in np.unique(which):
+            rows = which == part
+            out[rows] = self.parts[part][index[rows] - self.offsets[part]]
+        return out
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        array = np.concatenate(self.parts)
+        return array if dtype is None else array.astype(dtype)

@@ -1,0 +1,108 @@
+"""Open-set unlabeled pools: kept classes relabeled, outliers at the requested ratio, seeded."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from interlude.config import load_config
+from interlude.data import build_data, load_raw
+from interlude.data.openset import make_open_set
+from interlude.errors import DataError
+
+
+def _cfg(*overrides: str):
+    return load_config(None, ["data.name=digits", *overrides]).data
+
+
+def _rows(images: np.ndarray) -> set[bytes]:
+    return {im.tobytes() for im in images}
+
+
+def test_kept_classes_are_relabeled_in_the_given_order():
+    plain = load_raw(_cfg())
+    data = build_data(_cfg("data.labeled_classes=[3,1,4]"))
+    assert data.class_names == ["3", "1", "4"]
+    assert np.bincount(data.labeled.labels).tolist() == [4, 4, 4]
+    for new, old in enumerate([3, 1, 4]):  # test images of new class i are old class c
+        assert np.array_equal(data.test.images[data.test.labels == new],
+                              plain.test.images[plain.test.labels == old])
+    assert _rows(data.labeled.images[data.labeled.labels == 0]) <= _rows(
+        plain.train.images[plain.train.labels == 3])
+    assert (data.unlabeled.labels >= 0).all()  # no outliers without outlier_ratio
+
+
+def test_outliers_make_up_the_requested_share_and_come_from_other_classes():
+    raw = load_raw(_cfg())
+    data = build_data(_cfg("data.labeled_classes=[3,1,4]", "data.outlier_ratio=0.3"))
+    outlier = data.unlabeled.labels == -1
+    assert outlier.mean() == pytest.approx(0.3, abs=0.005)
+    others = _rows(raw.train.images[~np.isin(raw.train.labels, [3, 1, 4])])
+    kept = _rows(raw.train.images[np.isin(raw.train.labels, [3, 1, 4])])
+    assert _rows(data.unlabeled.images[outlier]) <= others
+    assert _rows(data.unlabeled.images[~outlier]) <= kept
+    assert set(data.unlabeled.labels[~outlier].tolist()) == {0, 1, 2}
+
+
+def test_outliers_follow_data_seed_and_are_noted():
+    keys = ["data.labeled_classes=[0,1]", "data.outlier_ratio=0.5"]
+    a = make_open_set(load_raw(_cfg()), _cfg(*keys))
+    b = make_open_set(load_raw(_cfg()), _cfg(*keys))
+    c = make_open_set(load_raw(_cfg()), _cfg(*keys, "data.data_seed=1"))
+    assert np.array_equal(a.extra_unlabeled.images, b.extra_unlabeled.images)
+    assert not np.array_equal(a.extra_unlabeled.images, c.extra_unlabeled.images)
+    n_out = len(a.extra_unlabeled)
+    assert n_out > 0 and any(f"{n_out} outlier images" in note for note in a.notes)
+
+
+def test_too_few_outlier_images_uses_all_and_warns(caplog):
+    raw = load_raw(_cfg())
+    others = int((raw.train.labels == 9).sum())
+    with caplog.at_level(logging.WARNING, logger="interlude"):
+        data = build_data(_cfg(f"data.labeled_classes=[{','.join(map(str, range(9)))}]",
+                               "data.outlier_ratio=0.9"))
+    assert int((data.unlabeled.labels == -1).sum()) == others
+    assert "using all of them" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.labeled_classes=[1,12]"], "12 not a class index of digits .0..9"),
+        (["data.labeled_classes=[2,2,5]"], "lists 2 twice"),
+        (["data.labeled_classes=[4]"], "at least 2 classes"),
+        (["data.outlier_ratio=0.2"], "outlier_ratio needs data.labeled_classes"),
+    ],
+)
+def test_bad_open_set_settings_are_clear_errors(overrides, message):
+    with pytest.raises(DataError, match=message):
+        build_data(_cfg(*overrides))
+
+
+def test_open_set_on_an_image_folder_keeps_every_labeled_image(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        for i in range(3):
+            path = tmp_path / "labeled" / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+    (tmp_path / "unlabeled").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+            tmp_path / "unlabeled" / f"{i}.png")
+    folder = [
+        "data.name=imagefolder", f"data.labeled_dir={tmp_path / 'labeled'}",
+        f"data.unlabeled_dir={tmp_path / 'unlabeled'}", "data.resolution=8",
+    ]
+    data = build_data(load_config(None, [
+        *folder, "data.labeled_classes=[2,0]", "data.outlier_ratio=0.25"]).data)
+    assert data.class_names == ["c", "a"]
+    assert np.bincount(data.labeled.labels).tolist() == [3, 3]
+    # the 6 unlabeled_dir images count as in-distribution: 2 outliers make 25%
+    assert len(data.unlabeled) == 6 + 2
+    raw = load_raw(load_config(None, folder).data)
+    class_b = _rows(raw.train.images[raw.train.labels == 1])
+    assert len(_rows(data.unlabeled.images) & class_b) == 2
