@@ -102,3 +102,22 @@ def test_checkpoint_loads_with_weights_only(tiny_overrides):
                   stop_after=3)
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 3 and "optimizer" in state and "rng" in state
+
+
+def test_selection_uses_validation_never_test(tiny_overrides):
+    with_val = run(load_config(None, [*tiny_overrides, "algorithm.name=supervised",
+                                      "data.val_per_class=2", "train.run_name=val"]))
+    summary = json.loads((with_val / "summary.json").read_text())
+    assert summary["selected_by"] == "val"
+    best = summary["best"]
+    assert best["step"] in (6, 12) and "val/ema/top1" in best and "test/ema/top1" in best
+    evals = [json.loads(line) for line in (with_val / "metrics.jsonl").open()]
+    val_scores = {e["step"]: e["val/ema/top1"] for e in evals if e["kind"] == "eval"}
+    assert best["val/ema/top1"] == max(val_scores.values())
+    assert (with_val / "checkpoints" / "best.pt").is_file()
+
+    without_val = run(load_config(None, [*tiny_overrides, "algorithm.name=supervised",
+                                         "train.run_name=noval"]))
+    summary = json.loads((without_val / "summary.json").read_text())
+    assert summary["selected_by"] == "last" and summary["best"] is None
+    assert not (without_val / "checkpoints" / "best.pt").exists()
