@@ -1,332 +1,409 @@
-"""Weak and strong augmentation, batched on tensors (any device) and per image (PIL reference).
+"""Batched weak/strong augmentation on tensors, plus a per-image PIL reference.
 
-Semantics follow FixMatch (kekmodel's RandAugmentMC, used by the InterLUDE code):
-
-- weak: random horizontal flip (optional), reflect-pad by 12.5 % and random crop back;
-- strong: weak, then 2 ops drawn uniformly (with replacement) from a pool of 14, each with a
-  magnitude v in 1..9 and applied with probability 0.5, then Cutout of half the image side filled
-  with grey (127/255).
-
-The batched path samples every image's plan at once and applies each op to the group of images
-that drew it, so there is no Python loop over images. Images are float tensors in [0, 1],
-``(N, C, H, W)`` with C in {1, 3}; all randomness comes from an explicit ``torch.Generator`` on the
-same device, which makes a step's augmentation a pure function of (seed, step).
+The batched path is what training uses: images never leave the device, and every random number
+comes from one explicit ``torch.Generator``, so a step's views are a pure function of its seed and
+a resumed run is bit-identical. RandAugmentMC follows kekmodel/FixMatch-pytorch (op pool,
+magnitude mapping, op sampling); instead of looping over images, each round groups the batch by
+sampled op and applies every op once, vectorised, to its group. The PIL functions at the bottom
+are the per-image reference (``augment_on: workers`` and the speed baseline).
 """
 
 from __future__ import annotations
 
-import math
 import random
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
+from torch import Tensor
 
 OP_NAMES = (
     "AutoContrast", "Brightness", "Color", "Contrast", "Equalize", "Identity", "Posterize",
     "Rotate", "Sharpness", "ShearX", "ShearY", "Solarize", "TranslateX", "TranslateY",
 )
-MAX_MAGNITUDE = 10  # v ~ randint(1, 10) -> 1..9, as in kekmodel's RandAugmentMC(n=2, m=10)
-GREY = 127.0 / 255.0
+_OP = {name: i for i, name in enumerate(OP_NAMES)}
+_GEOMETRIC = tuple(_OP[k] for k in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"))
+_SIGNED = frozenset(_GEOMETRIC)  # ops whose magnitude gets a random sign (as in kekmodel)
+PARAMETER_MAX = 10
+# kekmodel's fixmatch_augment_pool mappings for v in 0..9, computed with its exact expressions so
+# the batched path and the PIL reference agree to the last integer.
+_ENHANCE = tuple(float(v) * 0.9 / PARAMETER_MAX + 0.05 for v in range(PARAMETER_MAX))
+_POSTERIZE_BITS = tuple(int(v * 4 / PARAMETER_MAX) + 4 for v in range(PARAMETER_MAX))
+_ROTATE_DEG = tuple(int(v * 30 / PARAMETER_MAX) for v in range(PARAMETER_MAX))
+_SHEAR = tuple(float(v) * 0.3 / PARAMETER_MAX for v in range(PARAMETER_MAX))
+_TRANSLATE = _SHEAR  # fraction of the image size, max 0.3
+_SOLARIZE = tuple(256 - int(v * 256 / PARAMETER_MAX) for v in range(PARAMETER_MAX))
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, what PIL's convert("L") uses
 
 
-# ---------------------------------------------------------------------------- helpers
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1]."""
-    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+def to_float(x: Tensor) -> Tensor:
+    """uint8 images -> float32 in ``[0, 1]``; float input is returned unchanged."""
+    return x if x.is_floating_point() else x.to(torch.float32).div_(255)
 
 
-def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """Per-channel ``(x - mean) / std``; mean/std are sequences or ``(1, C, 1, 1)`` tensors."""
-    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - mean) / std
+def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
+    """Per-channel ``(x - mean) / std``; ``mean``/``std`` may be sequences or tensors."""
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    return (x - mean_t) / std_t
 
 
-def _uniform(n: int, generator: torch.Generator, device) -> torch.Tensor:
-    return torch.rand(n, generator=generator, device=device)
+def _check(x: Tensor) -> None:
+    if x.dim() != 4 or x.shape[1] not in (1, 3) or not x.is_floating_point():
+        raise ValueError(f"expected float (N, C in {{1, 3}}, H, W) images, got {x.dtype} "
+                         f"{tuple(x.shape)}")
 
 
-def _sign(n: int, generator: torch.Generator, device) -> torch.Tensor:
-    return torch.where(_uniform(n, generator, device) < 0.5, -1.0, 1.0)
+def _rand(generator: torch.Generator, *shape: int) -> Tensor:
+    return torch.rand(shape, generator=generator, device=generator.device)
 
 
-def _grey(x: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma (PIL's 'L' conversion); 1-channel images are their own grey."""
-    if x.shape[1] == 1:
-        return x
-    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype)
-    return (x * weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
+# ----------------------------------------------------------------------------- weak
 
 
-def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """PIL ImageEnhance: ``degenerate + factor * (x - degenerate)``, clipped."""
-    return (degenerate + factor.view(-1, 1, 1, 1) * (x - degenerate)).clamp_(0.0, 1.0)
+def _reflect(index: Tensor, size: int) -> Tensor:
+    """Map indices in ``[-size + 1, 2 size - 2]`` into the image as reflect padding does."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
-# ---------------------------------------------------------------------------- weak
-def weak_augment(
-    x: torch.Tensor, generator: torch.Generator, hflip: bool = True, pad_fraction: float = 0.125
-) -> torch.Tensor:
-    """Per-image random flip (if ``hflip``), reflect padding and random crop, vectorised."""
-    n, _, h, w = x.shape
-    if hflip:
-        flip = _uniform(n, generator, x.device) < 0.5
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    pad = max(1, int(pad_fraction * h))
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    offset_y = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
-    offset_x = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
-    rows = (offset_y[:, None] + torch.arange(h, device=x.device)).view(n, 1, h, 1)
-    cols = (offset_x[:, None] + torch.arange(w, device=x.device)).view(n, 1, 1, w)
-    width = w + 2 * pad
-    flat = padded.flatten(2)  # (n, C, (h+2p)*(w+2p))
-    index = (rows * width + cols).view(n, 1, h * w).expand(-1, x.shape[1], -1)
-    return flat.gather(2, index).view_as(x)
-
-
-# ---------------------------------------------------------------------------- strong ops
-def _scale(v: torch.Tensor, max_value: float) -> torch.Tensor:
-    """kekmodel's _float_parameter: v * max / 10."""
-    return v.float() * max_value / MAX_MAGNITUDE
-
-
-def _auto_contrast(x, v, g):
-    low = x.amin(dim=(2, 3), keepdim=True)
-    high = x.amax(dim=(2, 3), keepdim=True)
-    span = high - low
-    return torch.where(span > 0, (x - low) / span.clamp_min(1e-8), x)
-
-
-def _brightness(x, v, g):
-    return _blend(torch.zeros_like(x), x, _scale(v, 0.9) + 0.05)
-
-
-def _color(x, v, g):
-    return x if x.shape[1] == 1 else _blend(_grey(x).expand_as(x), x, _scale(v, 0.9) + 0.05)
-
-
-def _contrast(x, v, g):
-    mean = _grey(x).mean(dim=(1, 2, 3), keepdim=True)
-    return _blend(mean.expand_as(x), x, _scale(v, 0.9) + 0.05)
-
-
-def _equalize(x, v, g):
-    """PIL ImageOps.equalize per channel: lut from the cumulative histogram."""
+def _gather_pixels(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``out[i, :, y, x] = x[i, :, rows[i, y, x], cols[i, y, x]]`` as one flat gather."""
     n, c, h, w = x.shape
-    levels = (x * 255.0).round().long().clamp_(0, 255).view(n * c, h * w)
-    hist = torch.zeros(n * c, 256, device=x.device).scatter_add_(
-        1, levels, torch.ones_like(levels, dtype=torch.float32)
-    )
-    idx = torch.arange(256, device=x.device).expand(n * c, -1)
-    last_level = torch.where(hist > 0, idx, -1).amax(dim=1, keepdim=True)
-    step = torch.div(h * w - hist.gather(1, last_level), 255, rounding_mode="floor")
-    before = hist.cumsum(1) - hist
-    lut = torch.div(before + torch.div(step, 2, rounding_mode="floor"), step.clamp_min(1),
-                    rounding_mode="floor").clamp_(0, 255)
-    lut = torch.where(step > 0, lut, idx.float())
-    return (lut.gather(1, levels) / 255.0).view(n, c, h, w)
+    flat = rows * w + cols
+    index = flat.reshape(n, 1, -1).expand(n, c, -1)
+    return x.reshape(n, c, h * w).gather(2, index).view(n, c, *flat.shape[1:])
 
 
-def _identity(x, v, g):
-    return x
+def weak_augment(x: Tensor, generator: torch.Generator, hflip: bool,
+                 pad_fraction: float = 0.125) -> Tensor:
+    """Random horizontal flip (p=0.5) then reflect-pad and random crop back to ``H x W``.
+
+    Padding is never materialised: each output pixel's reflected source index is computed and
+    read with a single gather (flip folded into the column index), ~4x cheaper than ``F.pad``.
+    """
+    _check(x)
+    n, _, h, w = x.shape
+    pad = max(1, int(pad_fraction * h))
+    flip = _rand(generator, n) < 0.5 if hflip else torch.zeros(n, dtype=torch.bool,
+                                                                 device=x.device)
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator, device=generator.device)
+    offsets = offsets.to(x.device) - pad
+    rows = _reflect(offsets[:, :1] + torch.arange(h, device=x.device), h)  # (n, h)
+    cols = _reflect(offsets[:, 1:] + torch.arange(w, device=x.device), w)  # (n, w)
+    cols = torch.where(flip.to(x.device)[:, None], w - 1 - cols, cols)
+    return _gather_pixels(x, rows[:, :, None], cols[:, None, :])
 
 
-def _posterize(x, v, g):
-    """Keep the top 4..7 bits of each 8-bit value (float arithmetic: no integer tensors)."""
-    keep = _scale(v, 4).floor() + 4
-    step = torch.exp2(8 - keep).view(-1, 1, 1, 1)
-    return torch.floor((x * 255.0).round_() / step) * step / 255.0
+# ----------------------------------------------------------------------------- strong: plan
 
 
-def _sharpness(x, v, g):
-    """PIL's SMOOTH kernel (centre 5, others 1, /13) as the degenerate image, borders unchanged."""
-    c = x.shape[1]
-    kernel = torch.ones(3, 3, device=x.device, dtype=x.dtype)
-    kernel[1, 1] = 5.0
-    kernel = (kernel / 13.0).expand(c, 1, 3, 3)
-    degenerate = x.clone()
-    degenerate[:, :, 1:-1, 1:-1] = F.conv2d(x, kernel, groups=c)  # 'valid': the interior only
-    return _blend(degenerate, x, _scale(v, 0.9) + 0.05)
-
-
-def _solarize(x, v, g):
-    threshold = (256 - (v.float() * 256 / MAX_MAGNITUDE).floor()).view(-1, 1, 1, 1) / 255.0
-    return torch.where(x >= threshold, 1.0 - x, x)
-
-
-def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Resample with per-image affine matrices (normalised coordinates), filling with black."""
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-
-
-def _theta(n: int, device) -> torch.Tensor:
-    return torch.eye(2, 3, device=device).repeat(n, 1, 1)
-
-
-def _rotate(x, v, g):
-    angle = (_scale(v, 30).floor() * _sign(len(v), g, x.device)) * math.pi / 180.0
-    theta = _theta(len(v), x.device)
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
-    theta[:, 1, 0], theta[:, 1, 1] = sin, cos
-    return _affine(x, theta)
-
-
-def _shear(axis: int):
-    def op(x, v, g):
-        theta = _theta(len(v), x.device)
-        theta[:, axis, 1 - axis] = _scale(v, 0.3) * _sign(len(v), g, x.device)
-        return _affine(x, theta)
-
-    return op
-
-
-def _translate(axis: int):
-    def op(x, v, g):
-        size = x.shape[3 - axis]
-        pixels = (_scale(v, 0.3) * size).floor() * _sign(len(v), g, x.device)
-        theta = _theta(len(v), x.device)
-        theta[:, axis, 2] = 2.0 * pixels / size  # normalised coordinates span 2
-        return _affine(x, theta)
-
-    return op
-
-
-_OPS = {
-    "AutoContrast": _auto_contrast, "Brightness": _brightness, "Color": _color,
-    "Contrast": _contrast, "Equalize": _equalize, "Identity": _identity,
-    "Posterize": _posterize, "Rotate": _rotate, "Sharpness": _sharpness,
-    "ShearX": _shear(0), "ShearY": _shear(1), "Solarize": _solarize,
-    "TranslateX": _translate(0), "TranslateY": _translate(1),
-}
-OPS = tuple(_OPS[name] for name in OP_NAMES)
-
-
-def sample_strong_plan(
-    n: int, generator: torch.Generator, n_ops: int = 2, prob: float = 0.5, device=None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per image and round: op index (uniform over 14), magnitude (1..9), apply flag (p=prob)."""
-    device = device if device is not None else generator.device
+def sample_strong_plan(n: int, generator: torch.Generator, n_ops: int = 2,
+                       prob: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
+    """RandAugmentMC's choices for ``n`` images: op ids, magnitudes in 1..9, and apply flags."""
+    device = generator.device
     ops = torch.randint(0, len(OP_NAMES), (n, n_ops), generator=generator, device=device)
-    magnitudes = torch.randint(1, MAX_MAGNITUDE, (n, n_ops), generator=generator, device=device)
-    apply = torch.rand(n, n_ops, generator=generator, device=device) < prob
+    magnitudes = torch.randint(1, PARAMETER_MAX, (n, n_ops), generator=generator, device=device)
+    apply = _rand(generator, n, n_ops) < prob
     return ops, magnitudes, apply
 
 
-def cutout(
-    x: torch.Tensor, generator: torch.Generator, fraction: float = 0.5, fill: float = GREY
-) -> torch.Tensor:
-    """A square of side ``fraction * H`` centred uniformly at random (clipped), set to ``fill``."""
-    n, _, h, w = x.shape
-    side = int(fraction * h)
-    cy = torch.rand(n, generator=generator, device=x.device) * h
-    cx = torch.rand(n, generator=generator, device=x.device) * w
-    y0 = (cy - side / 2).clamp_min(0).long().view(n, 1, 1)
-    x0 = (cx - side / 2).clamp_min(0).long().view(n, 1, 1)
-    y1, x1 = (y0 + side).clamp_max(h), (x0 + side).clamp_max(w)
-    rows = torch.arange(h, device=x.device).view(1, h, 1)
-    cols = torch.arange(w, device=x.device).view(1, 1, w)
-    inside = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
-    return x.masked_fill(inside.unsqueeze(1), fill)
+# ----------------------------------------------------------------------------- strong: ops
+# Every op maps a group (g, C, H, W) plus per-image op ids, magnitudes and signs to new images.
+
+OpFn = Callable[[Tensor, Tensor, Tensor, Tensor, float], Tensor]
 
 
-def strong_augment(
-    x: torch.Tensor,
-    generator: torch.Generator,
-    n_ops: int = 2,
-    prob: float = 0.5,
-    cutout_fraction: float = 0.5,
-    fill: float = GREY,
-) -> torch.Tensor:
-    """RandAugment (per-image ops and magnitudes) then Cutout, applied op-group by op-group."""
-    ops, magnitudes, apply = sample_strong_plan(len(x), generator, n_ops, prob, x.device)
-    out = x.clone()
-    for round_ in range(n_ops):
-        chosen = torch.where(apply[:, round_], ops[:, round_], -1)
-        for op_index, op in enumerate(OPS):
-            if op is _identity:
-                continue
-            members = (chosen == op_index).nonzero().squeeze(1)
-            if members.numel() == 0:
-                continue
-            group = out.index_select(0, members)
-            out.index_copy_(0, members, op(group, magnitudes[members, round_], generator))
-    return cutout(out, generator, cutout_fraction, fill)
+def _lookup(table: Sequence[float], index: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.tensor(table, dtype=dtype, device=index.device)[index]
 
 
-# ---------------------------------------------------------------------------- per image (PIL)
-def sample_plan_per_image(
-    rng: random.Random, n_ops: int = 2, prob: float = 0.5
-) -> list[tuple[int, int, bool]]:
-    """The per-image RandAugment plan: [(op index, magnitude, applied), ...]."""
-    return [
-        (rng.randrange(len(OP_NAMES)), rng.randint(1, MAX_MAGNITUDE - 1), rng.random() < prob)
-        for _ in range(n_ops)
-    ]
+def _per_image(values: Tensor) -> Tensor:
+    return values.view(-1, 1, 1, 1)
 
 
-def _pil_op(img: Image.Image, name: str, v: int, rng: random.Random) -> Image.Image:
-    factor = v * 0.9 / MAX_MAGNITUDE + 0.05
-    sign = -1 if rng.random() < 0.5 else 1
-    if name == "AutoContrast":
-        return ImageOps.autocontrast(img)
-    if name == "Brightness":
-        return ImageEnhance.Brightness(img).enhance(factor)
-    if name == "Color":
-        return ImageEnhance.Color(img).enhance(factor)
-    if name == "Contrast":
-        return ImageEnhance.Contrast(img).enhance(factor)
-    if name == "Equalize":
-        return ImageOps.equalize(img)
-    if name == "Posterize":
-        return ImageOps.posterize(img, int(v * 4 / MAX_MAGNITUDE) + 4)
-    if name == "Rotate":
-        return img.rotate(sign * int(v * 30 / MAX_MAGNITUDE))
-    if name == "Sharpness":
-        return ImageEnhance.Sharpness(img).enhance(factor)
-    if name in ("ShearX", "ShearY"):
-        s = sign * v * 0.3 / MAX_MAGNITUDE
-        matrix = (1, s, 0, 0, 1, 0) if name == "ShearX" else (1, 0, 0, s, 1, 0)
-        return img.transform(img.size, Image.AFFINE, matrix)
-    if name == "Solarize":
-        return ImageOps.solarize(img, 256 - int(v * 256 / MAX_MAGNITUDE))
-    if name in ("TranslateX", "TranslateY"):
-        shift = sign * int(v * 0.3 / MAX_MAGNITUDE * img.size[0])
-        matrix = (1, 0, shift, 0, 1, 0) if name == "TranslateX" else (1, 0, 0, 0, 1, shift)
-        return img.transform(img.size, Image.AFFINE, matrix)
-    return img
+def _levels(x: Tensor) -> Tensor:
+    """The uint8 level of each pixel (as int64), the domain PIL's lookup-table ops work in."""
+    return (x * 255).round_().clamp_(0, 255).long()
 
 
-def weak_augment_per_image(
-    img: Image.Image, rng: random.Random, hflip: bool = True, pad_fraction: float = 0.125
-) -> Image.Image:
-    """Flip (optional), reflect-pad and random crop one PIL image."""
+def _gray(x: Tensor) -> Tensor:
+    if x.shape[1] == 1:
+        return x
+    weights = torch.tensor(_GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * weights).sum(1, keepdim=True)
+
+
+def _blend(degenerate: Tensor, x: Tensor, mag: Tensor) -> Tensor:
+    """PIL ``ImageEnhance``: ``degenerate + factor * (x - degenerate)``, clipped."""
+    factor = _per_image(_lookup(_ENHANCE, mag, x.dtype))
+    return (degenerate + factor * (x - degenerate)).clamp_(0, 1)
+
+
+def _identity(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
+    return x
+
+
+def _autocontrast(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
+    """Stretch each channel to ``[0, 1]``; constant channels are left alone (as PIL does)."""
+    lo, hi = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
+    spread = hi > lo
+    scale = torch.where(spread, 1 / (hi - lo).clamp_min(1e-12), torch.ones_like(hi))
+    return ((x - torch.where(spread, lo, torch.zeros_like(lo))) * scale).clamp_(0, 1)
+
+
+def _brightness(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
+    return _blend(torch.zeros_like(x), x, mag)
+
+
+def _color(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
+    return x if x.shape[1] == 1 else _blend(_gray(x).expand_as(x), x, mag)
+
+
+def _contrast(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
+    """Blend with the image's mean grey level, rounded to a uint8 level like PIL."""
+    mean = (_gray(x).mean((1, 2, 3), keepdim=True) * 255 + 0.5).floor_() / 255
+    return _blend(mean.expand_as(x), x, mag)
+
+
+def _sharpness(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
+    """Blend with PIL's SMOOTH filter (3x3, centre 5, /13), which leaves the border pixels."""
+    c = x.shape[1]
+    kernel = torch.ones(c, 1, 3, 3, dtype=x.dtype, device=x.device)
+    kernel[:, :, 1, 1] = 5
+    degenerate = x.clone()
+    degenerate[:, :, 1:-1, 1:-1] = F.conv2d(x, kernel / 13, groups=c)
+    return _blend(degenerate, x, mag)
+
+
+def _equalize(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
+    """PIL's per-channel histogram equalisation, exactly; all histograms from one ``bincount``
+    (integer counts, so the same on every device and in any order)."""
+    n, c, h, w = x.shape
+    levels = _levels(x).view(n * c, h * w)
+    planes = torch.arange(n * c, device=x.device).view(-1, 1) * 256
+    hist = torch.bincount((levels + planes).view(-1), minlength=n * c * 256).view(n * c, 256)
+    top_count = hist.gather(1, levels.amax(1, keepdim=True))  # count of the highest level used
+    step = (h * w - top_count) // 255
+    lut = (step // 2 + hist.cumsum(1) - hist) // step.clamp_min(1)
+    identity = torch.arange(256, device=x.device).expand_as(lut)
+    lut = torch.where(step > 0, lut.clamp_max(255), identity)
+    return (lut.gather(1, levels).to(x.dtype) / 255).view_as(x)
+
+
+def _posterize(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
+    shift = _per_image(8 - _lookup(_POSTERIZE_BITS, mag, torch.long))
+    return ((_levels(x) >> shift) << shift).to(x.dtype) / 255
+
+
+def _solarize(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
+    threshold = _per_image(_lookup(_SOLARIZE, mag, torch.long))
+    return torch.where(_levels(x) >= threshold, 1 - x, x)
+
+
+def _pixel_affine(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor) -> list[Tensor]:
+    """PIL-style inverse maps ``(a, b, c, d, e, f)``: output ``(u, v)`` reads input
+    ``(a u + b v + c, d u + e v + f)`` in continuous pixel coordinates (pixel centres at +0.5).
+    Rotation is about the image centre, shear about the top-left corner, as in PIL."""
+    h, w = x.shape[-2:]
+    dtype = torch.float64  # PIL maps coordinates in double; floor() must see the same values
+    sign = sign.to(dtype)
+    is_rot = op == _OP["Rotate"]
+    angle = torch.where(is_rot, sign * _lookup(_ROTATE_DEG, mag, dtype), 0)
+    phi = -torch.deg2rad(angle)
+    cos, sin = phi.cos(), phi.sin()
+    shear = sign * _lookup(_SHEAR, mag, dtype)
+    zero = torch.zeros_like(shear)
+    a, e = cos, cos
+    b = sin + torch.where(op == _OP["ShearX"], shear, zero)
+    d = -sin + torch.where(op == _OP["ShearY"], shear, zero)
+    shift_x = sign * _lookup([int(t * w) for t in _TRANSLATE], mag, dtype)
+    shift_y = sign * _lookup([int(t * h) for t in _TRANSLATE], mag, dtype)
+    cx, cy = w / 2, h / 2
+    c = torch.where(is_rot, cx - a * cx - b * cy, zero)
+    c = c + torch.where(op == _OP["TranslateX"], shift_x, zero)
+    f = torch.where(is_rot, cy - d * cx - e * cy, zero)
+    f = f + torch.where(op == _OP["TranslateY"], shift_y, zero)
+    return [a, b, c, d, e, f]
+
+
+def _affine(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
+    """Rotate/ShearX/ShearY/TranslateX/TranslateY as one nearest-neighbour resampling.
+
+    Equivalent to ``affine_grid`` + nearest ``grid_sample`` with per-image matrices, but the source
+    index is ``floor`` of the mapped pixel centre, exactly as PIL does (grid_sample rounds half to
+    even), and one flat gather is about twice as fast on CPU. Outside pixels get ``fill``."""
+    n, c, h, w = x.shape
+    a, b, tx, d, e, ty = (t.view(n, 1, 1) for t in _pixel_affine(x, op, mag, sign))
+    u = torch.arange(w, device=x.device, dtype=a.dtype).add_(0.5).view(1, 1, w)
+    v = torch.arange(h, device=x.device, dtype=a.dtype).add_(0.5).view(1, h, 1)
+    src_x = (a * u + b * v + tx).floor_().long()
+    src_y = (d * u + e * v + ty).floor_().long()
+    inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
+    # outside pixels read an extra "fill" pixel appended after the last one
+    flat = torch.where(inside, src_y * w + src_x, h * w).view(n, 1, h * w).expand(n, c, h * w)
+    source = torch.cat([x.reshape(n, c, h * w), x.new_full((n, c, 1), fill)], 2)
+    return source.gather(2, flat).view(n, c, h, w)
+
+
+_OPS: dict[int, OpFn] = {
+    _OP["AutoContrast"]: _autocontrast, _OP["Brightness"]: _brightness, _OP["Color"]: _color,
+    _OP["Contrast"]: _contrast, _OP["Equalize"]: _equalize, _OP["Identity"]: _identity,
+    _OP["Posterize"]: _posterize, _OP["Sharpness"]: _sharpness, _OP["Solarize"]: _solarize,
+    **{i: _affine for i in _GEOMETRIC},
+}
+
+
+def _apply_op(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
+    """Apply op ``op[i]`` to image ``i`` (all ops in one call must share a function)."""
+    return _OPS[int(op[0])](x, op, mag, sign, fill)
+
+
+def _apply_round(out: Tensor, op: Tensor, mag: Tensor, sign: Tensor, apply: Tensor,
+                 fill: float) -> None:
+    """One RandAugment round, in place: group images by op (one host sync), one call per group.
+
+    The five geometric ops share a group since one affine resampling serves all of them."""
+    key = torch.where(apply & (op != _OP["Identity"]), op, -1)
+    geometric = torch.isin(key, torch.tensor(_GEOMETRIC, device=key.device))
+    key = torch.where(geometric, _GEOMETRIC[0], key)
+    order = torch.argsort(key, stable=True)
+    counts = torch.bincount(key + 1, minlength=len(OP_NAMES) + 1).tolist()
+    for group_key, idx in zip(range(-1, len(OP_NAMES)), order.split(counts), strict=True):
+        if group_key < 0 or idx.numel() == 0:
+            continue
+        group = _OPS[group_key](out.index_select(0, idx), op[idx], mag[idx], sign[idx], fill)
+        out.index_copy_(0, idx, group)
+
+
+def _cutout(x: Tensor, centres: Tensor, fraction: float, fill: float) -> Tensor:
+    """Fill a square of side ``int(fraction * min(H, W))`` at each centre, in place, clipped like
+    kekmodel: the corner is clamped to 0, the far edge to the image size.
+
+    Only the squares' pixels are written (``index_fill_``), not the whole batch."""
+    n, c, h, w = x.shape
+    side = int(fraction * min(h, w))
+    if side <= 0:
+        return x
+    start = (centres * torch.tensor([h, w], device=x.device) - side / 2).clamp_min_(0).long()
+    steps = torch.arange(side, device=x.device)
+    # clamping repeats the last in-image row/column, which lies inside the clipped square
+    rows = (start[:, :1] + steps).clamp_max_(h - 1)
+    cols = (start[:, 1:] + steps).clamp_max_(w - 1)
+    planes = torch.arange(n * c, device=x.device).view(n, c, 1) * (h * w)
+    flat = planes + (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, -1)
+    x.view(-1).index_fill_(0, flat.view(-1), fill)
+    return x
+
+
+def strong_augment(x: Tensor, generator: torch.Generator, n_ops: int = 2, prob: float = 0.5,
+                   cutout_fraction: float = 0.5, fill: float = 127 / 255) -> Tensor:
+    """RandAugmentMC (``n_ops`` rounds, each op applied with ``prob``) followed by Cutout.
+
+    ``fill`` (grey) is what Cutout paints and what geometric ops bring in from outside the image.
+    All random numbers are drawn up front, so the result depends only on the generator state."""
+    _check(x)
+    n = x.shape[0]
+    ops, magnitudes, apply = sample_strong_plan(n, generator, n_ops, prob)
+    signs = torch.where(_rand(generator, n, n_ops) < 0.5, -1, 1).to(x.device)
+    centres = _rand(generator, n, 2).to(x.device)
+    out = x.clone(memory_format=torch.contiguous_format)
+    if n == 0:
+        return out
+    for r in range(n_ops):
+        _apply_round(out, ops[:, r].to(x.device), magnitudes[:, r].to(x.device), signs[:, r],
+                     apply[:, r].to(x.device), fill)
+    return _cutout(out, centres, cutout_fraction, fill)
+
+
+# ----------------------------------------------------------------------------- per-image (PIL)
+
+PilOp = Callable[[Image.Image, int, int, int], Image.Image]
+
+
+def _pil_affine(img: Image.Image, coeffs: tuple[float, ...], fill: int) -> Image.Image:
+    return img.transform(img.size, Image.Transform.AFFINE, coeffs, fillcolor=_pil_fill(img, fill))
+
+
+def _pil_fill(img: Image.Image, fill: int) -> int | tuple[int, ...]:
+    return fill if img.mode == "L" else (fill,) * len(img.getbands())
+
+
+def _enhance(kind: type[ImageEnhance._Enhance]) -> PilOp:
+    return lambda img, v, s, fill: kind(img).enhance(_ENHANCE[v])
+
+
+_PIL_OPS: dict[str, PilOp] = {  # (img, magnitude, sign +-1, fill level) -> img
+    "AutoContrast": lambda img, v, s, fill: ImageOps.autocontrast(img),
+    "Brightness": _enhance(ImageEnhance.Brightness),
+    "Color": _enhance(ImageEnhance.Color),
+    "Contrast": _enhance(ImageEnhance.Contrast),
+    "Equalize": lambda img, v, s, fill: ImageOps.equalize(img),
+    "Identity": lambda img, v, s, fill: img,
+    "Posterize": lambda img, v, s, fill: ImageOps.posterize(img, _POSTERIZE_BITS[v]),
+    "Rotate": lambda img, v, s, fill: img.rotate(s * _ROTATE_DEG[v],
+                                                 fillcolor=_pil_fill(img, fill)),
+    "Sharpness": _enhance(ImageEnhance.Sharpness),
+    "ShearX": lambda img, v, s, fill: _pil_affine(img, (1, s * _SHEAR[v], 0, 0, 1, 0), fill),
+    "ShearY": lambda img, v, s, fill: _pil_affine(img, (1, 0, 0, s * _SHEAR[v], 1, 0), fill),
+    "Solarize": lambda img, v, s, fill: ImageOps.solarize(img, _SOLARIZE[v]),
+    "TranslateX": lambda img, v, s, fill: _pil_affine(
+        img, (1, 0, int(s * _TRANSLATE[v] * img.size[0]), 0, 1, 0), fill),
+    "TranslateY": lambda img, v, s, fill: _pil_affine(
+        img, (1, 0, 0, 0, 1, int(s * _TRANSLATE[v] * img.size[1])), fill),
+}
+
+
+def _to_pil(img: Image.Image | np.ndarray) -> Image.Image:
+    if isinstance(img, Image.Image):
+        return img
+    return Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[2] == 1 else img)
+
+
+def _like(result: Image.Image, original: Image.Image | np.ndarray) -> Image.Image | np.ndarray:
+    if isinstance(original, Image.Image):
+        return result
+    return np.asarray(result).reshape(original.shape)
+
+
+def sample_plan_per_image(rng: random.Random, n_ops: int = 2,
+                          prob: float = 0.5) -> list[tuple[int, int, bool]]:
+    """kekmodel's RandAugmentMC choices for one image: ``(op id, magnitude 1..9, apply)``."""
+    ops = [rng.randrange(len(OP_NAMES)) for _ in range(n_ops)]
+    return [(op, rng.randint(1, PARAMETER_MAX - 1), rng.random() < prob) for op in ops]
+
+
+def strong_augment_per_image(img: Image.Image | np.ndarray, rng: random.Random, n_ops: int = 2,
+                             prob: float = 0.5, cutout_fraction: float = 0.5,
+                             fill: int = 127) -> Image.Image | np.ndarray:
+    """The reference RandAugmentMC + Cutout on one PIL image or uint8 ``(H, W[, C])`` array."""
+    out = _to_pil(img)
+    for op, v, apply in sample_plan_per_image(rng, n_ops, prob):
+        if apply:
+            sign = -1 if op in _SIGNED and rng.random() < 0.5 else 1
+            out = _PIL_OPS[OP_NAMES[op]](out, v, sign, fill)
+    array = np.array(out)
+    h, w = array.shape[:2]
+    side = int(cutout_fraction * min(h, w))
+    if side > 0:
+        y0 = int(max(0.0, rng.uniform(0, h) - side / 2))
+        x0 = int(max(0.0, rng.uniform(0, w) - side / 2))
+        array[y0 : y0 + side, x0 : x0 + side] = fill
+    return _like(Image.fromarray(array), img)
+
+
+def weak_augment_per_image(img: Image.Image | np.ndarray, rng: random.Random, hflip: bool = True,
+                           pad_fraction: float = 0.125) -> Image.Image | np.ndarray:
+    """The reference flip + reflect-pad + random crop on one image."""
+    array = np.asarray(_to_pil(img))
+    h, w = array.shape[:2]
     if hflip and rng.random() < 0.5:
-        img = ImageOps.mirror(img)
-    w, h = img.size
+        array = array[:, ::-1]
     pad = max(1, int(pad_fraction * h))
-    array = np.asarray(img)
-    widths = ((pad, pad), (pad, pad)) + (((0, 0),) if array.ndim == 3 else ())
+    widths = ((pad, pad), (pad, pad)) + ((0, 0),) * (array.ndim - 2)
     padded = np.pad(array, widths, mode="reflect")
     top, left = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
-    return Image.fromarray(padded[top : top + h, left : left + w])
-
-
-def strong_augment_per_image(
-    img: Image.Image, rng: random.Random, n_ops: int = 2, prob: float = 0.5,
-    cutout_fraction: float = 0.5,
-) -> Image.Image:
-    """RandAugment + Cutout on one PIL image (the reference the batched path reproduces)."""
-    for op_index, magnitude, applied in sample_plan_per_image(rng, n_ops, prob):
-        if applied:
-            img = _pil_op(img, OP_NAMES[op_index], magnitude, rng)
-    array = np.array(img)
-    h, w = array.shape[:2]
-    side = int(cutout_fraction * h)
-    y0 = int(max(0, rng.uniform(0, h) - side / 2))
-    x0 = int(max(0, rng.uniform(0, w) - side / 2))
-    array[y0 : y0 + side, x0 : x0 + side] = 127
-    return Image.fromarray(array)
+    crop = np.ascontiguousarray(padded[top : top + h, left : left + w])
+    return _like(Image.fromarray(crop), img)

@@ -1,0 +1,313 @@
+"""Batched augmentation: shapes, determinism, sampler distribution, and each op's semantics
+(checked on hand-made images and against the per-image PIL reference)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from interlude.data import augment as A
+
+FILL = 127 / 255
+OP = {name: i for i, name in enumerate(A.OP_NAMES)}
+GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def noise_uint8(n: int = 8, c: int = 3, size: int = 32, lo: int = 0, hi: int = 256,
+                seed: int = 0) -> np.ndarray:
+    """Random uint8 images, NHWC."""
+    return np.random.RandomState(seed).randint(lo, hi, (n, size, size, c)).astype(np.uint8)
+
+
+def nchw(images: np.ndarray) -> torch.Tensor:
+    return A.to_float(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+
+
+def apply_op(name: str, x: torch.Tensor, v: int = 5, sign: int = 1) -> torch.Tensor:
+    n = x.shape[0]
+    full = lambda value: torch.full((n,), value, dtype=torch.long)  # noqa: E731
+    return A._apply_op(x.clone(), full(OP[name]), full(v), full(sign), FILL)
+
+
+def pil_op(name: str, images: np.ndarray, v: int = 5, sign: int = 1) -> torch.Tensor:
+    out = [np.asarray(A._PIL_OPS[name](A._to_pil(im), v, sign, 127)).reshape(im.shape)
+           for im in images]
+    return nchw(np.stack(out))
+
+
+def test_to_float_and_normalize():
+    u8 = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1)
+    x = A.to_float(u8)
+    assert x.dtype == torch.float32
+    assert torch.allclose(x.flatten(), torch.tensor([0.0, 0.2, 1.0]))
+    y = A.normalize(x, (0.0, 0.1, 0.5), (1.0, 0.5, 0.25))
+    assert torch.allclose(y.flatten(), torch.tensor([0.0, 0.2, 2.0]))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("kind", ["weak", "strong"])
+def test_shape_dtype_range_and_input_untouched(channels, kind):
+    x = nchw(noise_uint8(16, channels))
+    before = x.clone()
+    g = gen()
+    out = A.weak_augment(x, g, hflip=True) if kind == "weak" else A.strong_augment(x, g)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert out.min() >= 0 and out.max() <= 1
+    assert torch.equal(x, before)
+    assert not torch.equal(out, x)
+
+
+def test_rejects_bad_input():
+    with pytest.raises(ValueError):
+        A.strong_augment(torch.rand(2, 2, 8, 8), gen())
+    with pytest.raises(ValueError):
+        A.weak_augment(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), gen(), hflip=True)
+
+
+@pytest.mark.parametrize("kind", ["weak", "strong"])
+def test_deterministic_given_seed(kind):
+    x = nchw(noise_uint8(32))
+    run = (lambda g: A.weak_augment(x, g, True)) if kind == "weak" else (
+        lambda g: A.strong_augment(x, g))
+    assert torch.equal(run(gen(1)), run(gen(1)))
+    assert not torch.equal(run(gen(1)), run(gen(2)))
+
+
+@pytest.mark.parametrize("hflip", [True, False])
+def test_weak_is_exactly_a_flipped_shifted_crop(hflip):
+    images = noise_uint8(24, size=16)
+    pad = max(1, int(0.125 * 16))
+    out = A.weak_augment(nchw(images), gen(3), hflip=hflip)
+    found = []
+    for image, result in zip(images, out, strict=True):
+        result = (result.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        matches = [
+            (flip, top, left)
+            for flip in (False, True)
+            for top in range(2 * pad + 1)
+            for left in range(2 * pad + 1)
+            if np.array_equal(result, np.pad(image[:, ::-1] if flip else image,
+                                             ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+                              [top : top + 16, left : left + 16])
+        ]
+        assert len(matches) == 1  # noise images: exactly one crop matches
+        found.append(matches[0])
+    flips = {flip for flip, _, _ in found}
+    assert flips == ({False, True} if hflip else {False})
+    assert len({(top, left) for _, top, left in found}) > 5
+
+
+def test_plan_distribution_matches_per_image_sampler():
+    n = 50_000
+    ops, mags, apply = A.sample_strong_plan(n, gen(0), n_ops=2, prob=0.3)
+    assert ops.shape == mags.shape == apply.shape == (n, 2)
+    assert ops.dtype == mags.dtype == torch.long and apply.dtype == torch.bool
+    rng = random.Random(0)
+    ref = np.array([step for _ in range(n) for step in A.sample_plan_per_image(rng, 2, 0.3)])
+    batched = np.stack([ops.flatten(), mags.flatten(), apply.flatten()], 1)
+    for column, values in ((0, range(14)), (1, range(1, 10)), (2, (0, 1))):
+        assert set(np.unique(batched[:, column])) == set(values)
+        assert set(np.unique(ref[:, column])) == set(values)
+        freq_b = np.array([(batched[:, column] == v).mean() for v in values])
+        freq_r = np.array([(ref[:, column] == v).mean() for v in values])
+        assert np.abs(freq_b - freq_r).max() < 0.004, (column, freq_b, freq_r)
+    assert abs(batched[:, 2].mean() - 0.3) < 0.004
+    assert abs((ops[:, 0] == ops[:, 1]).float().mean().item() - 1 / 14) < 0.004  # replacement
+
+
+def test_signs_random_only_for_geometric_ops(monkeypatch):
+    """Record the (op, sign) pairs both pipelines apply: geometric ops get +-1 evenly."""
+    calls: dict[str, list[tuple[int, int]]] = {"batched": [], "reference": []}
+
+    def record_batched(x, op, mag, sign, fill):
+        calls["batched"] += list(zip(op.tolist(), sign.tolist(), strict=True))
+        return x
+
+    def record_reference(name):
+        return lambda img, v, sign, fill: calls["reference"].append((OP[name], sign)) or img
+
+    monkeypatch.setattr(A, "_OPS", {i: record_batched for i in range(14)})
+    monkeypatch.setattr(A, "_PIL_OPS", {name: record_reference(name) for name in A.OP_NAMES})
+    A.strong_augment(torch.zeros(4000, 1, 4, 4), gen(0), prob=1.0)
+    rng = random.Random(0)
+    for _ in range(4000):
+        A.strong_augment_per_image(np.zeros((4, 4), np.uint8), rng, prob=1.0)
+    for pipeline, pairs in calls.items():
+        pairs = np.array(pairs)
+        geometric = np.isin(pairs[:, 0], [OP[name] for name in GEOMETRIC])
+        assert abs((pairs[geometric, 1] == -1).mean() - 0.5) < 0.03
+        if pipeline == "reference":  # batched signs exist for all ops but only geometric use them
+            assert (pairs[~geometric, 1] == 1).all()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", A.OP_NAMES)
+def test_op_matches_pil_reference(name, channels):
+    images = noise_uint8(6, channels, lo=40, hi=200, seed=channels)
+    x = nchw(images)
+    for v, sign in ((1, 1), (5, -1), (9, 1), (9, -1)):
+        diff = (apply_op(name, x, v, sign) - pil_op(name, images, v, sign)).abs().max().item()
+        # PIL rounds blends to uint8 and its AutoContrast lut truncates; the rest is exact
+        tolerance = 1.5 / 255 if name in ("Brightness", "Color", "Contrast", "Sharpness",
+                                          "AutoContrast") else 1e-6
+        assert diff <= tolerance, (name, v, sign, diff * 255)
+
+
+def test_identity_brightness_color():
+    x = nchw(noise_uint8(4))
+    assert torch.equal(apply_op("Identity", x), x)
+    factor = 9 * 0.9 / 10 + 0.05
+    assert torch.allclose(apply_op("Brightness", x, v=9), x * factor, atol=1e-6)
+    grey = nchw(noise_uint8(4, 1))
+    assert torch.equal(apply_op("Color", grey), grey)  # Color on 1-channel is the identity
+    spread = lambda t: (t - t.mean(1, keepdim=True)).abs().mean().item()  # noqa: E731
+    assert spread(apply_op("Color", x, v=1)) < 0.2 * spread(x)
+
+
+def test_solarize_inverts_at_and_above_threshold():
+    levels = torch.arange(256, dtype=torch.float32).view(1, 1, 16, 16) / 255
+    out = (apply_op("Solarize", levels, v=5) * 255).round().flatten()  # threshold 256 - 128
+    expected = torch.where(torch.arange(256) >= 128, 255 - torch.arange(256), torch.arange(256))
+    assert torch.equal(out.long(), expected)
+
+
+def test_posterize_quantizes():
+    levels = torch.arange(256, dtype=torch.float32).view(1, 1, 16, 16) / 255
+    out = (apply_op("Posterize", levels, v=1) * 255).round().long().flatten()  # 4 bits kept
+    assert torch.equal(out, torch.arange(256) // 16 * 16)
+
+
+def test_equalize_flattens_histogram_and_autocontrast_stretches():
+    rs = np.random.RandomState(0)
+    x = nchw((rs.rand(4, 32, 32, 3) ** 2 * 120 + 60).astype(np.uint8))  # narrow, bunched low
+
+    def unevenness(t: torch.Tensor) -> float:  # std of the 8-bin histogram's fractions
+        return (torch.histc(t, 8, 0, 1) / t.numel()).std().item()
+
+    assert unevenness(apply_op("Equalize", x)) < 0.05 < 0.1 < unevenness(x)
+    stretched = apply_op("AutoContrast", x)
+    assert torch.equal(stretched.amin((2, 3)), torch.zeros(4, 3))
+    assert torch.equal(stretched.amax((2, 3)), torch.ones(4, 3))
+
+
+def test_contrast_and_sharpness_keep_flat_images():
+    flat = torch.full((2, 3, 8, 8), 100 / 255)
+    assert torch.allclose(apply_op("Contrast", flat, v=1), flat, atol=1e-6)
+    assert torch.allclose(apply_op("Sharpness", flat, v=1), flat, atol=1e-6)
+    x = nchw(noise_uint8(2))
+    sharp = apply_op("Sharpness", x, v=1)
+    assert torch.equal(sharp[..., 0, :], x[..., 0, :])  # PIL's SMOOTH leaves the border
+    assert apply_op("Contrast", x, v=1).std() < 0.2 * x.std()
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_translate_shifts_content_and_fills_grey(sign):
+    x = nchw(noise_uint8(2))
+    shift = int(9 * 0.3 / 10 * 32)  # v=9 -> 8 pixels
+    out_x, out_y = apply_op("TranslateX", x, 9, sign), apply_op("TranslateY", x, 9, sign)
+    if sign > 0:  # PIL's (1, 0, t, 0, 1, 0) reads x + t: content moves left / up
+        assert torch.equal(out_x[..., : 32 - shift], x[..., shift:])
+        assert torch.equal(out_y[..., : 32 - shift, :], x[..., shift:, :])
+        assert torch.all(out_x[..., 32 - shift :] == FILL)
+    else:
+        assert torch.equal(out_x[..., shift:], x[..., : 32 - shift])
+        assert torch.equal(out_y[..., shift:, :], x[..., : 32 - shift, :])
+        assert torch.all(out_y[..., :shift, :] == FILL)
+
+
+def test_rotate_keeps_centre_and_fills_corners():
+    x = nchw(noise_uint8(2))
+    out = apply_op("Rotate", x, v=9, sign=-1)  # 27 degrees
+    assert torch.equal(out[..., 15:17, 15:17], x[..., 15:17, 15:17])
+    assert torch.all(out[..., 0, 0] == FILL) and torch.all(out[..., -1, -1] == FILL)
+
+
+def assert_one_grey_square_each(images: torch.Tensor) -> None:
+    """Each image holds exactly one solid grey 16x16 square, clipped only at the far border."""
+    sides, corners = set(), set()
+    for image in images:
+        mask = (image == FILL).all(0)
+        assert torch.equal(mask, (image == FILL).any(0))  # all channels filled together
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        (y0, y1), (x0, x1) = (rows.min().item(), rows.max().item() + 1), (
+            cols.min().item(), cols.max().item() + 1)
+        assert mask.sum() == (y1 - y0) * (x1 - x0)  # a solid rectangle, nothing else
+        assert y1 - y0 == 16 or y1 == 32  # only clipped at the far border, as kekmodel
+        assert x1 - x0 == 16 or x1 == 32
+        sides.add((y1 - y0, x1 - x0))
+        corners.add((y0, x0))
+    assert (16, 16) in sides and len(sides) > 1 and len(corners) > 10
+
+
+def test_cutout_is_one_grey_square_per_image():
+    assert_one_grey_square_each(A.strong_augment(torch.zeros(64, 3, 32, 32), gen(5), prob=0.0))
+    rng = random.Random(5)
+    zeros = np.zeros((32, 32, 3), dtype=np.uint8)
+    reference = [A.strong_augment_per_image(zeros, rng, prob=0.0) for _ in range(64)]
+    assert_one_grey_square_each(nchw(np.stack(reference)))
+
+
+def test_strong_statistics_match_per_image_reference():
+    images = noise_uint8(600, lo=40, hi=200, seed=4)
+    x = nchw(images)
+    rng = random.Random(0)
+    outputs = {"batched": A.strong_augment(x, gen(0)),
+               "reference": nchw(np.stack([A.strong_augment_per_image(im, rng) for im in images]))}
+    stats = {name: ((out == FILL).float().mean().item(), (out - x).abs().mean().item(),
+                    ((out != x) & (out != FILL)).flatten(1).any(1).float().mean().item())
+             for name, out in outputs.items()}
+    (grey_b, mad_b, changed_b), (grey_r, mad_r, changed_r) = stats.values()
+    assert abs(grey_b - grey_r) < 0.01 and abs(grey_b - 0.25) < 0.01  # Cutout: 16x16 of 32x32
+    assert abs(mad_b - mad_r) < 0.1 * mad_r
+    assert abs(changed_b - changed_r) < 0.06  # P(some non-identity op applied) ~ 0.7
+
+
+def test_strong_follows_its_plan():
+    x = nchw(noise_uint8(256))
+    _, _, apply = A.sample_strong_plan(256, gen(7), n_ops=2, prob=0.5)
+    out = A.strong_augment(x, gen(7), prob=0.5, cutout_fraction=0.0)
+    changed = (out != x).flatten(1).any(1)
+    untouched = ~apply.any(1)
+    assert not changed[untouched].any()  # no op applied -> image unchanged
+    assert changed[~untouched].float().mean() > 0.8  # Identity (1/14) is the only no-op
+    assert torch.equal(A.strong_augment(x, gen(7), prob=0.0, cutout_fraction=0.0), x)
+
+
+def test_grayscale_no_grad_and_uint8_input():
+    u8 = torch.from_numpy(noise_uint8(16, 1)).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        g = gen()
+        out = A.strong_augment(A.weak_augment(A.to_float(u8), g, hflip=True), g)
+    assert out.shape == (16, 1, 32, 32) and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("form", ["pil_rgb", "pil_l", "hwc", "hw1"])
+def test_per_image_reference_keeps_type_and_shape(form):
+    array = noise_uint8(1, 1 if form in ("pil_l", "hw1") else 3)[0]
+    img = Image.fromarray(array[..., 0] if form == "pil_l" else array) if "pil" in form else array
+    for fn in (A.weak_augment_per_image, A.strong_augment_per_image):
+        out = fn(img, random.Random(1))
+        again = fn(img, random.Random(1))
+        assert type(out) is type(img)
+        assert np.asarray(out).shape == np.asarray(img).shape
+        assert np.array_equal(np.asarray(out), np.asarray(again))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_shapes_and_is_deterministic():
+    x = nchw(noise_uint8(64)).cuda()
+    run = lambda s: A.strong_augment(  # noqa: E731
+        A.weak_augment(x, torch.Generator("cuda").manual_seed(s), True),
+        torch.Generator("cuda").manual_seed(s))
+    out = run(0)
+    assert out.device.type == "cuda" and out.shape == x.shape
+    assert torch.equal(out, run(0)) and not torch.equal(out, run(1))
