@@ -263,19 +263,24 @@ def _apply_op(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> 
 
 def _apply_round(out: Tensor, op: Tensor, mag: Tensor, sign: Tensor, apply: Tensor,
                  fill: float) -> None:
-    """One RandAugment round, in place: group images by op (one host sync), one call per group.
+    """One RandAugment round, in place: group images by op, one vectorised call per group.
 
-    The five geometric ops share a group since one affine resampling serves all of them."""
+    Grouping runs where the plan lives (``op``'s device): from a host plan it costs no device
+    sync; from a device plan it costs one (the group sizes). The five geometric ops share a group
+    since one affine resampling serves all of them."""
     key = torch.where(apply & (op != _OP["Identity"]), op, -1)
     geometric = torch.isin(key, torch.tensor(_GEOMETRIC, device=key.device))
     key = torch.where(geometric, _GEOMETRIC[0], key)
     order = torch.argsort(key, stable=True)
     counts = torch.bincount(key + 1, minlength=len(OP_NAMES) + 1).tolist()
+    device = out.device
     for group_key, idx in zip(range(-1, len(OP_NAMES)), order.split(counts), strict=True):
         if group_key < 0 or idx.numel() == 0:
             continue
-        group = _OPS[group_key](out.index_select(0, idx), op[idx], mag[idx], sign[idx], fill)
-        out.index_copy_(0, idx, group)
+        at = _to(idx, device)
+        group = _OPS[group_key](out.index_select(0, at), _to(op[idx], device),
+                                _to(mag[idx], device), sign[at], fill)
+        out.index_copy_(0, at, group)
 
 
 def _cutout(x: Tensor, centres: Tensor, fraction: float, fill: float) -> Tensor:
@@ -299,23 +304,36 @@ def _cutout(x: Tensor, centres: Tensor, fraction: float, fill: float) -> Tensor:
 
 
 def strong_augment(x: Tensor, generator: torch.Generator, n_ops: int = 2, prob: float = 0.5,
-                   cutout_fraction: float = 0.5, fill: float = 127 / 255) -> Tensor:
+                   cutout_fraction: float = 0.5, fill: float = 127 / 255,
+                   plan_generator: torch.Generator | None = None) -> Tensor:
     """RandAugmentMC (``n_ops`` rounds, each op applied with ``prob``) followed by Cutout.
 
     ``fill`` (grey) is what Cutout paints and what geometric ops bring in from outside the image.
-    All random numbers are drawn up front, so the result depends only on the generator state."""
+    All random numbers are drawn up front, so the result depends only on the generator state.
+
+    ``plan_generator`` (a CPU generator) samples the per-image op plan on the host: grouping the
+    batch by op then needs no device-to-host copy, so a CUDA step never waits for the GPU here.
+    Without it the plan comes from ``generator`` (one small sync per round on CUDA)."""
     _check(x)
     n = x.shape[0]
-    ops, magnitudes, apply = sample_strong_plan(n, generator, n_ops, prob)
-    signs = torch.where(_rand(generator, n, n_ops) < 0.5, -1, 1).to(x.device)
-    centres = _rand(generator, n, 2).to(x.device)
+    ops, magnitudes, apply = sample_strong_plan(n, plan_generator or generator, n_ops, prob)
+    signs = _to(torch.where(_rand(generator, n, n_ops) < 0.5, -1, 1), x.device)
+    centres = _to(_rand(generator, n, 2), x.device)
     out = x.clone(memory_format=torch.contiguous_format)
     if n == 0:
         return out
     for r in range(n_ops):
-        _apply_round(out, ops[:, r].to(x.device), magnitudes[:, r].to(x.device), signs[:, r],
-                     apply[:, r].to(x.device), fill)
+        _apply_round(out, ops[:, r], magnitudes[:, r], signs[:, r], apply[:, r], fill)
     return _cutout(out, centres, cutout_fraction, fill)
+
+
+def _to(tensor: Tensor, device: torch.device) -> Tensor:
+    """Move to ``device``; host tensors go to CUDA through pinned memory without blocking."""
+    if tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 # ----------------------------------------------------------------------------- per-image (PIL)

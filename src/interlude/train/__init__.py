@@ -87,7 +87,7 @@ def run(
     ``resume`` continues from ``<run dir>/checkpoints/last.pt``; ``stop_after`` trains only up to
     that step (a checkpoint is written there), e.g. to train in chunks.
     """
-    dist = init_from_env()
+    dist = init_from_env(cfg.train.device)
     run_dir = run_dir_for(cfg)
     checkpoint = run_dir / "checkpoints" / "last.pt"
     if not resume and checkpoint.exists() and not overwrite:
@@ -109,6 +109,7 @@ def run(
         trainer.load_checkpoint(checkpoint)
         log.info("resumed %s at step %d", run_dir, trainer.step)
     trainer.fit(stop_after=stop_after)
+    dist.barrier()  # rank 0 has written summary.json before any rank returns
     return run_dir
 
 

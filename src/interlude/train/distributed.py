@@ -1,27 +1,49 @@
 """Distributed data parallel (``torchrun``) support.
 
 Without ``torchrun`` every helper here is a no-op for a single process, so the loop has one code
-path. The global labeled batch (``train.batch_size``) is fixed and split across ranks; each rank
-lays out and fuses its own shard (fusion partners never cross ranks).
+path. Semantics (see ``docs/distributed.md``):
+
+- ``train.batch_size`` is the *global* labeled batch; each of the N ranks takes a contiguous
+  ``batch_size / N`` rows of the step's counter-based sample (``data/sampler.py``), so N GPUs cut
+  wall-clock time at the same optimisation trajectory.
+- Layout and fusion are per rank: each rank interdigitates and fuses its own shard (fusion
+  partners never cross ranks, so the one cyclic wrap-around row per rank differs from one process).
+- Gradients are averaged by DDP; every loss is a mean over equally sized per-rank row sets, so the
+  averaged gradient equals the single-process gradient of the global batch (BatchNorm statistics
+  excepted: they are per rank unless ``train.sync_bn``).
+- Evaluation is sharded by whole eval batches and the predictions are gathered, so every rank
+  computes the same metrics; only rank 0 logs and writes checkpoints.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from interlude.data.base import ImageSet
+from interlude.errors import ConfigError
+from interlude.train.evaluate import classification_metrics, predict_logits
+
+log = logging.getLogger("interlude")
+
 
 @dataclass
 class DistContext:
+    """This process's place in the job; ``world_size == 1`` means no process group."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False
+    """True when :func:`init_from_env` created the process group (and :meth:`close` ends it)."""
 
     @property
     def is_main(self) -> bool:
@@ -31,14 +53,39 @@ class DistContext:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    # ------------------------------------------------------------------ model
     def wrap(self, model: nn.Module, sync_bn: bool = False) -> nn.Module:
+        """DDP-wrap ``model`` (optionally with SyncBatchNorm); the model itself is unchanged.
+
+        ``convert_sync_batchnorm`` replaces BatchNorm children in place and keeps the same
+        parameter and buffer tensors, so the optimizer and the EMA built on ``model`` stay valid.
+        """
         if not self.enabled:
             return model
+        on_cuda = next(model.parameters()).is_cuda
         if sync_bn:
+            if not on_cuda:
+                raise ConfigError(
+                    "train.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
+                    "set train.sync_bn=false for CPU/gloo runs"
+                )
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        device_ids = [self.local_rank] if next(model.parameters()).is_cuda else None
+        device_ids = [self.local_rank] if on_cuda else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+        DDP broadcasts buffers at the *start* of each forward, so after the last training step
+        every rank holds statistics updated by its own shard; evaluating those would make the
+        gathered metrics a mix of N models.
+        """
+        if not self.enabled:
+            return
+        for buffer in module.buffers():
+            torch_dist.broadcast(buffer, src=0)
+
+    # ------------------------------------------------------------------ collectives
     def barrier(self) -> None:
         if self.enabled:
             torch_dist.barrier()
@@ -57,21 +104,105 @@ class DistContext:
         torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX)
         return tensor
 
-    def evaluate(self, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Run an evaluation (every rank computes the same full-set result for now)."""
-        return fn()
+    def any_rank(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank when ``flag`` is true on any rank (e.g. a Ctrl-C seen by one)."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor(float(flag), device=device)
+        return bool(self.all_reduce_max(value).item())
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if not self.enabled:
+            return [obj]
+        gathered: list[Any] = [None] * self.world_size
+        torch_dist.all_gather_object(gathered, obj)
+        return gathered
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_model(
+        self,
+        model: nn.Module,
+        images: ImageSet,
+        preprocess,
+        num_classes: int,
+        batch_size: int,
+        device: torch.device,
+    ) -> dict[str, Any]:
+        """Metrics of ``model`` on ``images``; each rank scores one shard, predictions gathered.
+
+        Shards are made of whole eval batches, so every batch is the one a single process would
+        form (this matters with ``fusion_at_eval``, where a prediction depends on its batch).
+        """
+        start, stop = shard_range(len(images), batch_size, self.rank, self.world_size)
+        predictions = np.empty(0, dtype=np.int64)
+        if stop > start:
+            shard = images.images[start:stop]
+            logits = predict_logits(model, shard, preprocess, batch_size, device)
+            predictions = logits.argmax(-1).numpy().astype(np.int64)
+        gathered = self.all_gather_object(predictions)
+        all_predictions = np.concatenate(gathered) if gathered else predictions
+        return classification_metrics(images.labels, all_predictions, num_classes)
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        """End the process group if this context created it."""
+        if self.owns_group:
+            _destroy_group()
+            self.owns_group = False
 
 
-def init_from_env() -> DistContext:
-    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1)."""
+def shard_range(n: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of rank ``rank`` when ``n`` rows are split in whole batches.
+
+    The ``ceil(n / batch_size)`` batches are dealt out contiguously (the first ranks get one more
+    when they do not divide), so concatenating the shards in rank order restores the full set.
+    """
+    batches = -(-n // batch_size)
+    per_rank, extra = divmod(batches, world_size)
+    first = rank * per_rank + min(rank, extra)
+    count = per_rank + (1 if rank < extra else 0)
+    return min(n, first * batch_size), min(n, (first + count) * batch_size)
+
+
+def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place mean over ranks when a process group is running; a no-op otherwise.
+
+    For algorithms whose state is a statistic of the batch (FreeMatch's thresholds, class
+    histograms): averaging the per-rank batch statistics keeps that state identical on every
+    rank, as it would be for one process seeing the global batch.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        world_size = torch_dist.get_world_size()
+        if world_size > 1:
+            torch_dist.all_reduce(tensor)
+            tensor.div_(world_size)
+    return tensor
+
+
+def _destroy_group() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def init_from_env(device: str = "auto") -> DistContext:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``).
+
+    The backend is NCCL when this rank trains on CUDA and gloo otherwise (``train.device=cpu``
+    on a GPU machine included). Ranks other than 0 log warnings only.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistContext()
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if not torch_dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch_dist.init_process_group(backend=backend)
-    if torch.cuda.is_available():
+    use_cuda = torch.cuda.is_available() and not device.startswith("cpu")
+    if use_cuda:
         torch.cuda.set_device(local_rank)
-    return DistContext(rank, world_size, local_rank)
+    owns_group = False
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        atexit.register(_destroy_group)
+        owns_group = True
+    if rank != 0:
+        log.setLevel(logging.WARNING)
+    return DistContext(rank, world_size, local_rank, owns_group)

@@ -2,7 +2,11 @@
 
 Every algorithm goes through :func:`forward_views`, so layout, fusion and un-permutation are
 implemented once. :class:`BatchBuilder` gathers a step's images by index and augments them as a
-batch on the training device.
+batch on the training device (``augment_on: device``), or takes them from DataLoader workers that
+augment per image (``augment_on: workers``, :mod:`interlude.train.workers`).
+
+Nothing here reads a device value on the host: host-made indices reach CUDA through pinned,
+non-blocking copies, so the CPU can queue the next step while the GPU still runs this one.
 """
 
 from __future__ import annotations
@@ -18,8 +22,20 @@ from interlude.data.augment import normalize, strong_augment, to_float, weak_aug
 from interlude.data.base import ImageSet
 from interlude.data.layout import Layout
 from interlude.data.sampler import STREAM_AUGMENT, StepSampler, step_generator
+from interlude.train.workers import PairedViews, WorkerBatches
 
 DEVICE_RESIDENT_BYTES = 2 << 30  # image sets up to 2 GiB are copied to the device once
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device copy that does not block the host on CUDA (pinned, ``non_blocking``).
+
+    A plain ``.to("cuda")`` of pageable memory synchronises the stream, which would stall the
+    host once per step; the pinned copy is ordered on the stream instead.
+    """
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 class Preprocess:
@@ -52,7 +68,7 @@ class ImageStore:
 
     def gather(self, indices: torch.Tensor) -> torch.Tensor:
         if self.on_device:
-            return self.images.index_select(0, indices.to(self.device))
+            return self.images.index_select(0, to_device(indices, self.device))
         batch = torch.from_numpy(self.array[np.sort(indices.numpy())])
         # np.sort keeps memmap reads sequential; restore the requested order afterwards
         order = torch.argsort(torch.argsort(indices))
@@ -77,11 +93,25 @@ class BatchBuilder:
         device: torch.device,
         rank: int = 0,
         world_size: int = 1,
+        augment_on: str = "device",
+        num_workers: int = 0,
+        total_steps: int = 0,
     ) -> None:
-        self.labeled = ImageStore(labeled, device)
         self.labels = torch.from_numpy(labeled.labels).to(device)
         self.uses_unlabeled = "uw" in views or "us" in views
-        self.unlabeled = ImageStore(unlabeled, device) if self.uses_unlabeled else None
+        self.workers: WorkerBatches | None = None
+        if augment_on == "workers":
+            dataset = PairedViews(
+                labeled.images, unlabeled.images if self.uses_unlabeled else None, views,
+                hflip, seed,
+            )
+            self.workers = WorkerBatches(
+                dataset, sampler, total_steps, num_workers, rank, world_size,
+                pin_memory=device.type == "cuda",
+            )
+        else:  # images live where they are augmented
+            self.labeled = ImageStore(labeled, device)
+            self.unlabeled = ImageStore(unlabeled, device) if self.uses_unlabeled else None
         self.sampler = sampler
         self.views = views
         self.preprocess = preprocess
@@ -104,23 +134,56 @@ class BatchBuilder:
         """Augmented, normalised views of ``step`` (natural order), labels, flat unlabeled idx."""
         started = time.perf_counter()
         idx_l, idx_u = self.indices(step)
+        if self.workers is not None:
+            x = self.preprocess(to_device(self.workers.get(step), self.device))
+        else:
+            x = self._augment_on_device(step, idx_l, idx_u)
+        labels = self.labels.index_select(0, to_device(idx_l, self.device))
+        flat_u = to_device(idx_u.reshape(-1), self.device) if idx_u is not None else None
+        self.last_build_seconds = time.perf_counter() - started
+        return x, labels, flat_u
+
+    def _augment_on_device(
+        self, step: int, idx_l: torch.Tensor, idx_u: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Batched weak/strong views; randomness from generators per (seed, step, rank).
+
+        The RandAugment op plan comes from a host generator, so grouping images by op never
+        copies device values to the host (no sync on CUDA); pixel-level draws stay on the device.
+        """
         generator = step_generator(self.seed, step, STREAM_AUGMENT * 1000 + self.rank, self.device)
+        plan = step_generator(self.seed, step, STREAM_AUGMENT * 1000 + 500 + self.rank, "cpu")
         parts: list[torch.Tensor] = []
         xl = to_float(self.labeled.gather(idx_l))
         xu = to_float(self.unlabeled.gather(idx_u.reshape(-1))) if idx_u is not None else None
         for view in self.views:  # natural order: lw, uw, ls, us
             weak = weak_augment(xl if view.startswith("l") else xu, generator, self.hflip)
-            parts.append(strong_augment(weak, generator) if view.endswith("s") else weak)
-        x = self.preprocess.normalize(torch.cat(parts))
-        labels = self.labels.index_select(0, idx_l.to(self.device))
-        flat_u = idx_u.reshape(-1).to(self.device) if idx_u is not None else None
-        self.last_build_seconds = time.perf_counter() - started
-        return x, labels, flat_u
+            strong = view.endswith("s")
+            parts.append(strong_augment(weak, generator, plan_generator=plan) if strong else weak)
+        return self.preprocess.normalize(torch.cat(parts))
+
+    def close(self) -> None:
+        """Stop augmentation workers, if any (restarted on the next :meth:`build`)."""
+        if self.workers is not None:
+            self.workers.close()
+
+
+def permute_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x.index_select(0, index)`` as one gather that keeps a channels_last input channels_last.
+
+    ``index_select`` returns an NCHW-contiguous result, which would make the first convolution
+    convert back to NHWC; selecting rows of the (contiguous) NHWC view avoids that extra copy.
+    """
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+        memory_format=torch.channels_last
+    ):
+        return x.permute(0, 2, 3, 1).index_select(0, index).permute(0, 3, 1, 2)
+    return x.index_select(0, index)
 
 
 def forward_views(model: nn.Module, x_natural: torch.Tensor, layout: Layout) -> ViewLogits:
     """Forward all views in ``layout`` order as one batch; return logits per view, natural order."""
-    logits = model(x_natural.index_select(0, layout.order))
+    logits = model(permute_rows(x_natural, layout.order))
     logits = logits.index_select(0, layout.inverse)
     parts = {view: logits[layout.slices[view]] for view in layout.views}
     return ViewLogits(**parts)

@@ -36,7 +36,6 @@ from interlude.train.checkpoint import (
 )
 from interlude.train.distributed import DistContext
 from interlude.train.ema import ModelEMA, unwrap
-from interlude.train.evaluate import evaluate_model
 from interlude.train.forward import BatchBuilder, Preprocess, forward_views
 from interlude.train.logger import Progress, RunLogger
 from interlude.train.optim import build_optimizer, build_scheduler
@@ -99,6 +98,7 @@ class Trainer:
         self.batches = BatchBuilder(
             data.labeled, data.unlabeled, self.sampler, self.layout.views, self.preprocess,
             data.hflip, t.seed, device, self.dist.rank, self.dist.world_size,
+            augment_on=t.augment_on, num_workers=t.num_workers, total_steps=t.steps,
         )
         self.step = 0
         self.best: dict[str, Any] | None = None
@@ -135,7 +135,7 @@ class Trainer:
         window = _Window(self.step)
         try:
             with self._stop_on_signal():
-                while self.step < end and not self._stop_requested:
+                while self.step < end and not self._should_stop():
                     started = time.perf_counter()
                     metrics = self.train_step(self.step)
                     window.data_time += self.batches.last_build_seconds
@@ -151,11 +151,12 @@ class Trainer:
                         self._evaluate(logger, progress)
                     if self.step % t.checkpoint_interval == 0 or self.step == end:
                         self.save_checkpoint()
-            if self._stop_requested:
+            if self._stop_requested and self.step < end:  # (step == end saved above)
                 self.save_checkpoint()
                 progress.write(f"interrupted: checkpoint saved at step {self.step}; "
                                "continue with --resume")
         finally:
+            self.batches.close()
             progress.close()
             if logger is not None:
                 logger.close()
@@ -163,6 +164,17 @@ class Trainer:
         if main and self.step >= t.steps:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
+
+    def _should_stop(self) -> bool:
+        """Whether a stop was requested; under DDP all ranks agree, at log intervals only.
+
+        A signal can reach the ranks at different steps, and a rank that stopped alone would
+        deadlock the others; agreeing once per log interval keeps the hot path free of syncs.
+        """
+        if self.dist.enabled and self.step % self.cfg.train.log_interval == 0:
+            self._stop_requested = self.dist.any_rank(self._stop_requested, self.device)
+            return self._stop_requested
+        return self._stop_requested and not self.dist.enabled
 
     def _log_train(self, sums, window, logger, progress) -> None:
         self._check_finite()
@@ -205,15 +217,15 @@ class Trainer:
         self._check_finite()
         record: dict[str, Any] = {}
         splits = {"val": self.data.val, "test": self.data.test}
+        for model in self.eval_models().values():
+            self.dist.broadcast_buffers(model)  # every rank evaluates rank 0's BN statistics
         for split, images in splits.items():
             if images is None or len(images) == 0:
                 continue
             for name, model in self.eval_models().items():
-                metrics = self.dist.evaluate(
-                    lambda m=model, im=images: evaluate_model(
-                        m, im, self.preprocess, self.data.num_classes,
-                        self.cfg.train.eval_batch_size, self.device,
-                    )
+                metrics = self.dist.evaluate_model(
+                    model, images, self.preprocess, self.data.num_classes,
+                    self.cfg.train.eval_batch_size, self.device,
                 )
                 for key, value in metrics.items():
                     record[f"{split}/{name}/{key}"] = value

@@ -1,0 +1,411 @@
+"""Speed of one training step (FixMatch vs InterLUDE vs InterLUDE+) and of the augmentation paths.
+
+    python benchmarks/speed.py                                  # CPU defaults: WRN-28-2, B=2, mu=7
+    python benchmarks/speed.py --device cuda --batches 64x7 8x7 --precision bf16
+    python benchmarks/speed.py --sections step --reps 40 --threads 1
+
+Sections (``--sections``, default all):
+
+- ``step``: images/s of ``Trainer.train_step`` on WRN-28-2 with synthetic 32x32 data, for
+  ``fixmatch`` (forwards lw, uw, us), ``fixmatch4`` (FixMatch forwarding the *same* four views as
+  InterLUDE: lw, uw, ls, us, in natural order, no fusion), ``interlude`` and ``interlude_plus``
+  (when installed). ``interlude`` vs ``fixmatch4`` differ only by the layout permutation, the
+  embedding fusion and the DC loss, which is InterLUDE's whole overhead. Two timings per step:
+  ``model`` (batch prebuilt: layout, forward, loss, backward, SGD, EMA) and ``full`` (plus the
+  batched augmentation). Algorithms are interleaved (rotated order) for ``--reps`` rounds and the
+  median is reported, so machine noise hits all of them alike.
+- ``overhead``: the three things InterLUDE adds, timed alone at the step's shapes: the layout
+  gather of the input batch, fusion (roll + lerp) forward and backward at the fusion point, and the
+  DC loss forward and backward.
+- ``memory``: peak memory of one step. CUDA: ``torch.cuda.max_memory_allocated``. CPU: each
+  configuration runs in a fresh subprocess and reports the growth of the peak resident set
+  (``VmHWM`` after ``clear_refs``) during one step, with glibc told to return large blocks.
+- ``augment``: images/s of a strong view (flip + pad-crop, RandAugment n=2, Cutout) at 32x32:
+  per-image PIL in one process, batched tensors on the device, and the ``augment_on: workers``
+  DataLoader with ``--workers`` processes.
+
+Prints Markdown tables (copy them into ``benchmarks/RESULTS.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interlude.algorithms import build_algorithm
+from interlude.algorithms.fixmatch import FixMatch
+from interlude.algorithms.interlude import dc_loss_avg
+from interlude.config import load_config
+from interlude.data.augment import (
+    strong_augment,
+    strong_augment_per_image,
+    to_float,
+    weak_augment,
+    weak_augment_per_image,
+)
+from interlude.data.base import ImageSet, SSLData
+from interlude.data.sampler import StepSampler
+from interlude.nets import build_net, fuse_with_next
+from interlude.train.forward import permute_rows
+from interlude.train.loop import Trainer
+from interlude.train.workers import PairedViews, WorkerBatches
+
+ALGORITHMS = ("fixmatch", "fixmatch4", "interlude", "interlude_plus")
+SIZE, CLASSES = 32, 10
+
+
+class FixMatch4(FixMatch):
+    """FixMatch that forwards (and batch-normalises over) the same four views as InterLUDE."""
+
+    name = "fixmatch4"
+    views = ("lw", "uw", "ls", "us")
+
+
+# ---------------------------------------------------------------------- setup
+def synthetic_data(labeled: int = 400, unlabeled: int = 4000, seed: int = 0) -> SSLData:
+    """Random 32x32 RGB images: speed does not depend on the pixels."""
+    rs = np.random.RandomState(seed)
+    images = rs.randint(0, 256, (labeled + unlabeled, 3, SIZE, SIZE), dtype=np.uint8)
+    labels = np.arange(labeled) % CLASSES
+    return SSLData(
+        labeled=ImageSet(images[:labeled], labels),
+        unlabeled=ImageSet(images[labeled:], np.full(unlabeled, -1)),
+        test=None, val=None, class_names=[str(c) for c in range(CLASSES)],
+        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), hflip=True,
+    )
+
+
+def make_trainer(
+    name: str, batch: int, mu: int, device: str, precision: str, data: SSLData, run_dir: Path
+) -> Trainer:
+    """A real Trainer (the code path training uses) for one algorithm and batch."""
+    base = "fixmatch" if name == "fixmatch4" else name
+    cfg = load_config(None, [
+        "model.arch=wrn28_2", f"algorithm.name={base}", f"train.batch_size={batch}",
+        f"train.mu={mu}", f"train.device={device}", f"train.precision={precision}",
+        "train.steps=1000000", "train.progress=false",
+    ])
+    torch.manual_seed(0)
+    model = build_net(cfg.model, CLASSES, 3, SIZE, "cifar10")
+    algorithm = (
+        FixMatch4(cfg.algorithm, CLASSES) if name == "fixmatch4"
+        else build_algorithm(cfg.algorithm, CLASSES, num_unlabeled=len(data.unlabeled))
+    )
+    trainer = Trainer(cfg, data, model, algorithm, run_dir, torch.device(device))
+    if name == "fixmatch4":
+        _natural_layout(trainer)
+    return trainer
+
+
+def _natural_layout(trainer: Trainer) -> None:
+    """Forward in natural order (views concatenated): FixMatch needs no pairing."""
+    layout = trainer.layout
+    identity = torch.arange(len(layout.order), device=layout.order.device)
+    trainer.layout = type(layout)(
+        layout.views, layout.batch_size, layout.mu, identity, identity, layout.slices
+    )
+
+
+def available(name: str) -> bool:
+    if name == "fixmatch4":
+        return True
+    try:
+        build_algorithm(load_config(None, [f"algorithm.name={name}"]).algorithm, CLASSES,
+                        num_unlabeled=10)
+    except Exception:  # not installed yet (algorithm modules are imported on demand)
+        return False
+    return True
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------- step timing
+def time_steps(trainers: dict[str, Trainer], reps: int, warmup: int) -> dict[str, dict]:
+    """Median seconds of a model step and a full step per algorithm, interleaved."""
+    cached = {name: t.batches.build(0) for name, t in trainers.items()}
+    names = list(trainers)
+    times: dict[str, dict[str, list[float]]] = {n: {"model": [], "full": []} for n in names}
+    for rep in range(warmup + reps):
+        order = names[rep % len(names):] + names[: rep % len(names)]
+        for name in order:
+            trainer = trainers[name]
+            for kind in ("model", "full"):
+                times[name][kind].append(_one_step(trainer, rep, cached[name], kind))
+    result = {}
+    for name in names:
+        trainer = trainers[name]
+        images = trainer.layout.order.numel()
+        model = statistics.median(times[name]["model"][warmup:])
+        full = statistics.median(times[name]["full"][warmup:])
+        result[name] = {"images": images, "model_s": model, "full_s": full}
+    return result
+
+
+def _one_step(trainer: Trainer, step: int, batch, kind: str) -> float:
+    build = trainer.batches.build
+    if kind == "model":
+        trainer.batches.build = lambda _step: batch  # type: ignore[method-assign]
+    synchronize(trainer.device)
+    started = time.perf_counter()
+    trainer.train_step(step)
+    synchronize(trainer.device)
+    elapsed = time.perf_counter() - started
+    trainer.batches.build = build  # type: ignore[method-assign]
+    return elapsed
+
+
+def step_section(args, device: str) -> list[str]:
+    names = [n for n in args.algorithms if available(n)]
+    missing = [n for n in args.algorithms if n not in names]
+    rows = [
+        "| batch (B x mu) | algorithm | images/step | model step ms | model img/s | "
+        "full step ms | full img/s | model vs fixmatch4 | full vs fixmatch4 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    data = synthetic_data()
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.batches:
+            batch, mu = (int(v) for v in spec.split("x"))
+            trainers = {
+                n: make_trainer(n, batch, mu, device, args.precision, data, Path(tmp))
+                for n in names
+            }
+            result = time_steps(trainers, args.reps, args.warmup)
+            ref = result.get("fixmatch4")
+            for name, r in result.items():
+                rel_model = f"{r['model_s'] / ref['model_s'] - 1:+.1%}" if ref else "-"
+                rel_full = f"{r['full_s'] / ref['full_s'] - 1:+.1%}" if ref else "-"
+                rows.append(
+                    f"| {batch} x {mu} | {name} | {r['images']} | {r['model_s'] * 1e3:.1f} | "
+                    f"{r['images'] / r['model_s']:.0f} | {r['full_s'] * 1e3:.1f} | "
+                    f"{r['images'] / r['full_s']:.0f} | {rel_model} | {rel_full} |"
+                )
+            del trainers
+    if missing:
+        rows.append(f"\nnot available here: {', '.join(missing)}")
+    return rows
+
+
+# ---------------------------------------------------------------------- InterLUDE's own ops
+def overhead_section(args, device: str) -> list[str]:
+    """Time the three things InterLUDE adds to a step, alone, at the step's real shapes."""
+    rows = [
+        "| batch (B x mu) | layout gather us | fusion fwd+bwd us | DC loss fwd+bwd us |",
+        "|---|---|---|---|",
+    ]
+    for spec in args.batches:
+        batch, mu = (int(v) for v in spec.split("x"))
+        times = _overhead_us(batch, mu, device, args)
+        rows.append(f"| {batch} x {mu} | " + " | ".join(f"{t:.0f}" for t in times) + " |")
+    return rows
+
+
+def _overhead_us(batch: int, mu: int, device: str, args) -> list[float]:
+    dev = torch.device(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer("interlude", batch, mu, device, args.precision,
+                               synthetic_data(), Path(tmp))
+    x, _, _ = trainer.batches.build(0)
+    order = trainer.layout.order
+    h = torch.randn(_fusion_input_shape(trainer, x), device=dev, requires_grad=True)
+    logits = [torch.randn(n, CLASSES, device=dev, requires_grad=True)
+              for n in (batch, batch, batch * mu, batch * mu)]
+
+    def gather() -> None:
+        permute_rows(x, order)
+
+    def fusion() -> None:
+        fuse_with_next(h, 0.1).backward(torch.ones_like(h))
+
+    def dc() -> None:
+        dc_loss_avg(*logits, mu).backward()
+
+    return [_median(fn, dev, args.reps) * 1e6 for fn in (gather, fusion, dc)]
+
+
+def _fusion_input_shape(trainer: Trainer, x: torch.Tensor) -> tuple[int, ...]:
+    shapes: list[tuple[int, ...]] = []
+    hook = trainer.model.fusion.register_forward_hook(
+        lambda module, inputs, output: shapes.append(tuple(inputs[0].shape))
+    )
+    with torch.no_grad():
+        trainer.model(x)
+    hook.remove()
+    return shapes[0]
+
+
+# ---------------------------------------------------------------------- memory
+def memory_section(args, device: str) -> list[str]:
+    names = [n for n in args.algorithms if available(n)]
+    unit = "peak allocated MiB" if device.startswith("cuda") else "step RSS growth MiB"
+    rows = [f"| batch (B x mu) | algorithm | {unit} |", "|---|---|---|"]
+    for spec in args.batches:
+        for name in names:
+            if device.startswith("cuda"):
+                value = _cuda_peak(name, spec, device, args.precision)
+            else:
+                value = _cpu_peak_subprocess(name, spec, args)
+            rows.append(f"| {spec.replace('x', ' x ')} | {name} | {value} |")
+    return rows
+
+
+def _cuda_peak(name: str, spec: str, device: str, precision: str) -> str:
+    batch, mu = (int(v) for v in spec.split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer(name, batch, mu, device, precision, synthetic_data(), Path(tmp))
+        trainer.train_step(0)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        trainer.train_step(1)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        del trainer
+        torch.cuda.empty_cache()
+    return f"{peak:.0f}"
+
+
+def _cpu_peak_subprocess(name: str, spec: str, args) -> str:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(args.threads)}
+    command = [sys.executable, __file__, "--_memory-probe", name, spec,
+               "--threads", str(args.threads)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    lines = result.stdout.strip().splitlines()
+    return lines[-1] if result.returncode == 0 and lines else "n/a"
+
+
+def _proc_status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def memory_probe(name: str, spec: str) -> None:
+    """Child process: print the peak RSS growth (MiB) of one step after a warm-up step."""
+    batch, mu = (int(v) for v in spec.split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer(name, batch, mu, "cpu", "fp32", synthetic_data(), Path(tmp))
+        trainer.train_step(0)
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        except OSError:
+            print("n/a")
+            return
+        before = _proc_status_kib("VmRSS")
+        trainer.train_step(1)
+        print(f"{(_proc_status_kib('VmHWM') - before) / 1024:.0f}")
+
+
+# ---------------------------------------------------------------------- augmentation
+def augment_section(args, device: str) -> list[str]:
+    n = args.aug_batch
+    data = synthetic_data(labeled=n, unlabeled=n)
+    images = data.labeled.images
+    arrays = [np.ascontiguousarray(im.transpose(1, 2, 0)) for im in images]
+    rng = random.Random(0)
+    dev = torch.device(device)
+    x = to_float(torch.from_numpy(images).to(dev))
+    generator = torch.Generator(device=dev).manual_seed(0)
+
+    def per_image() -> None:
+        for a in arrays:
+            strong_augment_per_image(weak_augment_per_image(a, rng), rng)
+
+    def batched() -> None:
+        strong_augment(weak_augment(x, generator, True), generator)
+
+    rows = ["| pipeline | where | strong views/s |", "|---|---|---|"]
+    per_image_rate = n / _median(per_image, dev, args.aug_reps)
+    batched_rate = n / _median(batched, dev, args.aug_reps)
+    rows.append(f"| per-image PIL | 1 CPU process | {per_image_rate:.0f} |")
+    rows.append(f"| batched tensors | {device} ({args.threads} threads) | {batched_rate:.0f} |")
+    rows.append(f"| workers DataLoader | {args.workers} worker processes | "
+                f"{_workers_rate(data, args):.0f} |")
+    rows.append(f"\nbatched / per-image: {batched_rate / per_image_rate:.1f}x")
+    return rows
+
+
+def _workers_rate(data: SSLData, args) -> float:
+    """Strong views/s delivered by the ``augment_on: workers`` loader (strong views only)."""
+    batch, mu = 8, 7
+    sampler = StepSampler(len(data.labeled), len(data.unlabeled), batch, mu, seed=0)
+    dataset = PairedViews(data.labeled.images, data.unlabeled.images, ("ls", "us"), True, 0)
+    steps = max(2, args.aug_batch * args.aug_reps // (batch * (1 + mu)))
+    loader = WorkerBatches(dataset, sampler, steps + 1, args.workers)
+    loader.get(0)  # start the workers
+    started = time.perf_counter()
+    for step in range(1, steps + 1):
+        loader.get(step)
+    elapsed = time.perf_counter() - started
+    loader.close()
+    return steps * batch * (1 + mu) / elapsed
+
+
+def _median(fn: Callable[[], None], device: torch.device, reps: int) -> float:
+    times = []
+    for i in range(reps + 1):
+        synchronize(device)
+        started = time.perf_counter()
+        fn()
+        synchronize(device)
+        if i:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batches", nargs="+", default=None,
+                        help="B x mu per step, e.g. 64x7 (default: 64x7 8x7 on CUDA, 2x7 on CPU)")
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    parser.add_argument("--sections", nargs="+",
+                        default=["step", "overhead", "memory", "augment"])
+    parser.add_argument("--precision", default=None, help="fp32|bf16 (default bf16 on CUDA)")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--aug-batch", type=int, default=448)
+    parser.add_argument("--aug-reps", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--_memory-probe", nargs=2, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args._memory_probe:
+        memory_probe(*args._memory_probe)
+        return
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = device.startswith("cuda")
+    args.precision = args.precision or ("bf16" if cuda else "fp32")
+    args.batches = args.batches or (["64x7", "8x7"] if cuda else ["2x7"])
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU, {args.threads} thread(s)"
+    print(f"# speed: {name}, torch {torch.__version__}, precision {args.precision}, "
+          f"WRN-28-2 32x32, reps {args.reps} (median)\n")
+    sections = {
+        "step": step_section, "overhead": overhead_section, "memory": memory_section,
+        "augment": augment_section,
+    }
+    for section in args.sections:
+        print(f"## {section}\n")
+        print("\n".join(sections[section](args, device)) + "\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
