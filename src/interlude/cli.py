@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config_path, overrides = _split_config_and_overrides(args.items)
     cfg = load_config(config_path, overrides)
     run_dir = run(cfg, resume=args.resume, stop_after=args.stop_after, overwrite=args.overwrite)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         print(_format_summary(json.loads(summary_path.read_text()), run_dir))

@@ -28,8 +28,8 @@ class ModelEMA:
         source = unwrap(model)
         params = [p for p in source.parameters() if p.dtype.is_floating_point]
         torch._foreach_lerp_(self._ema_params, params, 1.0 - self.decay)
-        for ema_buffer, buffer in zip(self._ema_buffers, source.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+        if self._ema_buffers:
+            torch._foreach_copy_(self._ema_buffers, list(source.buffers()))
 
     def state_dict(self) -> dict:
         return self.module.state_dict()
