@@ -242,7 +242,8 @@ class Trainer:
         shown = ", ".join(
             f"{k}={v:.4f}" for k, v in _scalars(record).items() if k.endswith("/top1")
         )
-        progress.write(f"step {self.step}: {shown}")
+        if shown:
+            progress.write(f"step {self.step}: {shown}")
 
     @property
     def primary_model(self) -> str:
