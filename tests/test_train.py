@@ -19,7 +19,9 @@ def checkpoint_tensors(run_dir):
     return state
 
 
-@pytest.mark.parametrize("algorithm", ["interlude", "fixmatch"])
+@pytest.mark.parametrize(
+    "algorithm", ["interlude", "fixmatch", "freematch", "flexmatch", "interlude_plus"]
+)
 def test_resumed_run_equals_uninterrupted_run(tiny_overrides, algorithm):
     base = [*tiny_overrides, f"algorithm.name={algorithm}"]
     whole = run(load_config(None, [*base, "train.run_name=whole"]))
@@ -30,7 +32,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_overrides, algorithm):
 
     a, b = checkpoint_tensors(whole), checkpoint_tensors(chunked)
     assert a["step"] == b["step"] == 12
-    for part in ("model", "ema"):
+    for part in ("model", "ema", "algorithm"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
     summary_a = json.loads((whole / "summary.json").read_text())

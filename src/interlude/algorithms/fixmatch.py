@@ -44,21 +44,15 @@ class FixMatch(Algorithm):
     name = "fixmatch"
     views = ("lw", "uw", "us")
 
-    def unlabeled_loss(
-        self, logits: ViewLogits, step: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, mask, pseudo-labels) of the pseudo-label term; FreeMatch/FlexMatch override it."""
-        return fixmatch_unlabeled_loss(
+    def unlabeled_loss(self, logits: ViewLogits, step: int) -> tuple[torch.Tensor, Metrics]:
+        """The weighted unlabeled term(s) and their metrics; FreeMatch/FlexMatch override this."""
+        loss, mask, _ = fixmatch_unlabeled_loss(
             logits.uw, logits.us, self.cfg.threshold, self.cfg.temperature
         )
+        return self.cfg.lambda_u * loss, {"loss_unsup": loss.detach(), "mask_rate": mask.mean()}
 
     def loss(self, logits: ViewLogits, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, Metrics]:
         loss_sup = supervised_loss(logits.lw, labels, self.supervised_weights)
-        loss_unsup, mask, _ = self.unlabeled_loss(logits, step)
-        loss = loss_sup + self.cfg.lambda_u * loss_unsup
-        return loss, {
-            "loss": loss.detach(),
-            "loss_sup": loss_sup.detach(),
-            "loss_unsup": loss_unsup.detach(),
-            "mask_rate": mask.mean(),
-        }
+        unlabeled, metrics = self.unlabeled_loss(logits, step)
+        loss = loss_sup + unlabeled
+        return loss, {"loss": loss.detach(), "loss_sup": loss_sup.detach(), **metrics}

@@ -72,8 +72,13 @@ def dc_loss_class_dependent(
     return (squared * matched_rows[:, None]).mean()
 
 
-class InterLUDE(FixMatch):
-    name = "interlude"
+class DeltaConsistency:
+    """Mixin adding InterLUDE's parts to a pseudo-label algorithm: all four views forwarded,
+    embedding fusion on, and ``lambda_dc * L_DC`` added to the base loss.
+
+    InterLUDE is ``DeltaConsistency + FixMatch``; InterLUDE+ is ``DeltaConsistency + FreeMatch``.
+    """
+
     views = ("lw", "uw", "ls", "us")
     uses_fusion = True
 
@@ -87,10 +92,14 @@ class InterLUDE(FixMatch):
         )
 
     def loss(self, logits: ViewLogits, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, Metrics]:
-        loss, metrics = super().loss(logits, labels, step)
+        loss, metrics = super().loss(logits, labels, step)  # type: ignore[misc]
         if self.cfg.lambda_dc > 0:
             loss_dc = self.delta_consistency(logits, labels)
             loss = loss + self.cfg.lambda_dc * loss_dc
             metrics["loss_dc"] = loss_dc.detach()
             metrics["loss"] = loss.detach()
         return loss, metrics
+
+
+class InterLUDE(DeltaConsistency, FixMatch):
+    name = "interlude"

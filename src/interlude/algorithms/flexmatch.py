@@ -1,0 +1,68 @@
+"""FlexMatch (Zhang et al., NeurIPS 2021): curriculum pseudo-labelling with class-wise thresholds.
+
+Each unlabeled image remembers the last class it was confidently (p >= tau) predicted as
+(``selected_label``, -1 = never). A class's learning effect sigma_c is how many images are
+currently assigned to it; normalised, beta_c = sigma_c / max(max_c sigma_c, #unused) with the
+threshold warm-up (or / max_c sigma_c without), and the class threshold is tau * M(beta_c) with the
+convex mapping M(x) = x / (2 - x). Everything is tensor arithmetic (no host sync); the state is a
+buffer, so it is checkpointed. Under DDP each rank updates the images of its own shard.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from interlude.algorithms.base import Metrics, ViewLogits
+from interlude.algorithms.fixmatch import FixMatch, masked_cross_entropy
+
+
+def class_learning_effect(
+    selected_label: torch.Tensor, num_classes: int, warmup: bool
+) -> torch.Tensor:
+    """beta_c from the per-image assignments (-1 = unused); all zeros while nothing is assigned."""
+    counts = torch.bincount(selected_label + 1, minlength=num_classes + 1).float()
+    per_class = counts[1:]
+    denominator = counts.max() if warmup else per_class.max()
+    beta = per_class / denominator.clamp_min(1.0)
+    nothing_assigned = counts[0] >= len(selected_label)
+    return torch.where(nothing_assigned, torch.zeros_like(beta), beta)
+
+
+def flexible_thresholds(beta: torch.Tensor, threshold: float) -> torch.Tensor:
+    """tau_c = tau * M(beta_c), M(x) = x / (2 - x)."""
+    return threshold * beta / (2.0 - beta)
+
+
+class FlexMatch(FixMatch):
+    name = "flexmatch"
+    needs_unlabeled_count = True
+
+    def __init__(self, cfg, num_classes: int, class_weights=None, num_unlabeled: int = 0) -> None:
+        super().__init__(cfg, num_classes, class_weights)
+        self.register_buffer("selected_label", torch.full((max(num_unlabeled, 1),), -1))
+        self.current_unlabeled_indices: torch.Tensor | None = None
+
+    def unlabeled_loss(self, logits: ViewLogits, step: int) -> tuple[torch.Tensor, Metrics]:
+        if self.current_unlabeled_indices is None:
+            raise RuntimeError("FlexMatch needs the step's unlabeled indices (set by the trainer)")
+        probs = torch.softmax(logits.uw.detach().float() / self.cfg.temperature, dim=-1)
+        confidence, predicted = probs.max(dim=-1)
+        beta = class_learning_effect(self.selected_label, self.num_classes, self.cfg.flex_warmup)
+        class_threshold = flexible_thresholds(beta, self.cfg.threshold)
+        mask = (confidence >= class_threshold[predicted]).float()
+        self._remember_confident(self.current_unlabeled_indices, predicted, confidence)
+        loss = masked_cross_entropy(logits.us, predicted, mask)
+        return self.cfg.lambda_u * loss, {
+            "loss_unsup": loss.detach(),
+            "mask_rate": mask.mean(),
+            "threshold": class_threshold.mean(),
+        }
+
+    @torch.no_grad()
+    def _remember_confident(
+        self, indices: torch.Tensor, predicted: torch.Tensor, confidence: torch.Tensor
+    ) -> None:
+        """selected_label[i] = prediction for images predicted with p >= tau (sync-free)."""
+        confident = confidence >= self.cfg.threshold
+        current = self.selected_label.index_select(0, indices)
+        self.selected_label.index_put_((indices,), torch.where(confident, predicted, current))

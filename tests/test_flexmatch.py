@@ -1,0 +1,56 @@
+"""FlexMatch's curriculum thresholds against hand-computed values; state on resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interlude.algorithms import ViewLogits, build_algorithm
+from interlude.algorithms.flexmatch import class_learning_effect, flexible_thresholds
+from interlude.config import AlgorithmConfig
+
+# 6 unlabeled images: 3 never confidently predicted, 2 assigned to class 0, 1 to class 1
+SELECTED = torch.tensor([-1, 0, 0, 1, -1, -1])
+
+
+def test_learning_effect_with_warmup_counts_unused_images():
+    beta = class_learning_effect(SELECTED, num_classes=2, warmup=True)
+    assert beta.tolist() == pytest.approx([2 / 3, 1 / 3])  # / max(2, 1, #unused=3)
+    # tau * x / (2 - x): .95 * (2/3)/(4/3) = .475 ; .95 * (1/3)/(5/3) = .19
+    assert flexible_thresholds(beta, 0.95).tolist() == pytest.approx([0.475, 0.19])
+
+
+def test_learning_effect_without_warmup():
+    beta = class_learning_effect(SELECTED, num_classes=2, warmup=False)
+    assert beta.tolist() == pytest.approx([1.0, 0.5])
+    assert flexible_thresholds(beta, 0.95).tolist() == pytest.approx([0.95, 0.95 * 0.5 / 1.5])
+
+
+def test_nothing_assigned_gives_zero_thresholds():
+    beta = class_learning_effect(torch.full((5,), -1), num_classes=3, warmup=True)
+    assert beta.tolist() == [0.0, 0.0, 0.0]
+
+
+def _logits(probs):
+    return torch.tensor(probs).log()
+
+
+def test_masking_then_memory_update():
+    algo = build_algorithm(AlgorithmConfig(name="flexmatch"), 2, num_unlabeled=6)
+    algo.selected_label.copy_(SELECTED)
+    algo.current_unlabeled_indices = torch.tensor([4, 5])
+    uw = _logits([[0.5, 0.5 - 1e-6], [0.04, 0.96]])  # .5 >= .475 (class 0); .96 (class 1)
+    logits = ViewLogits(lw=torch.zeros(1, 2), uw=uw, us=torch.zeros(2, 2))
+    _, metrics = algo.loss(logits, torch.tensor([0]), step=0)
+    assert metrics["mask_rate"].item() == 1.0
+    # only the confident (>= .95) image 5 is remembered, as class 1
+    assert algo.selected_label.tolist() == [-1, 0, 0, 1, -1, 1]
+
+
+def test_state_dict_round_trip():
+    cfg = AlgorithmConfig(name="flexmatch")
+    first = build_algorithm(cfg, 2, num_unlabeled=6)
+    first.selected_label.copy_(SELECTED)
+    second = build_algorithm(cfg, 2, num_unlabeled=6)
+    second.load_state_dict(first.state_dict())
+    assert torch.equal(second.selected_label, SELECTED)
