@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", default=None, help="training seeds, e.g. 0,1,2")
     sweep.add_argument("--processes", type=int, default=1,
                        help="run this many trainings at once as separate processes")
+    sweep.add_argument("--out", default="runs/sweeps", help="root folder of the sweep's runs")
     sweep.set_defaults(func=cmd_sweep)
 
     report = sub.add_parser("report", help="Markdown table and plots from run dirs")
