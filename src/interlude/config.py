@@ -69,13 +69,13 @@ class ModelConfig:
     """Backbone network."""
 
     arch: str = "auto"
-    """small_cnn, wrn28_2, wrn28_8, wrn37_2, vit_* ; auto picks by dataset (small_cnn for digits/mnist)."""
+    """small_cnn, wrn28_2, wrn28_8, wrn37_2, vit_tiny|small|base; auto picks by dataset."""
     fusion_layer: int = -1
     """Index of the residual group *before* which embeddings are fused; -1 = before the last group."""
     width: int = 32
     """small_cnn: channels of the first conv block."""
     pretrained: str | None = None
-    """Path to a weights file to initialise the backbone (ViT); never downloaded."""
+    """Local weights file (timm-named state dict, .pt or .safetensors) for a ViT; never downloaded."""
 
 
 @dataclass

@@ -39,7 +39,7 @@ _DEFAULT_ARCH = {
 
 
 def arch_names() -> list[str]:
-    return ["small_cnn", *_CNN_BUILDERS, "vit_tiny", "vit_small", "vit_base (timm extra)"]
+    return ["small_cnn", *_CNN_BUILDERS, "vit_tiny", "vit_small", "vit_base"]
 
 
 def default_arch(dataset: str, resolution: int) -> str:

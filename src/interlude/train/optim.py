@@ -35,7 +35,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     if cfg.optimizer == "adamw":
         groups = _vit_groups(model, cfg) or split_decay_groups(model, cfg.weight_decay)
         return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
-    groups = split_decay_groups(model, cfg.weight_decay)
+    groups = _vit_groups(model, cfg) if cfg.layer_decay != 1.0 else None
+    groups = groups or split_decay_groups(model, cfg.weight_decay)
     return torch.optim.SGD(
         groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=True
     )

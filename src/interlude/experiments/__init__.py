@@ -1,0 +1,1 @@
+"""Experiment tooling: sweeps over configs/seeds and reports that summarise their run directories."""
