@@ -54,5 +54,5 @@ def test_readme_config_reference_is_up_to_date():
     start, end = "<!-- CONFIG-REFERENCE:START -->", "<!-- CONFIG-REFERENCE:END -->"
     embedded = readme[readme.index(start) + len(start) : readme.index(end)].strip()
     assert embedded == config_reference_markdown(), (
-        "README config table is stale: regenerate with `interlude config keys --markdown`"
+        "README config table is stale: run `python tools/sync_readme.py`"
     )
