@@ -20,47 +20,15 @@ from interlude.errors import DataError
 def draw_split(
     labels: np.ndarray,
     num_classes: int,
-    labels_per_class: int,
+    labels_per_class: int | None,
     val_per_class: int,
     data_seed: int,
     class_names: list[str] | None = None,
 ) -> dict[str, list[int]]:
-    """Pick ``labels_per_class`` labeled and ``val_per_class`` validation indices per class."""
-    rng = np.random.default_rng(data_seed)
-    labeled: list[int] = []
-    val: list[int] = []
-    for c in range(num_classes):
-        name = class_names[c] if class_names else str(c)
-        members = np.flatnonzero(labels == c)
-        needed = labels_per_class + val_per_class
-        if len(members) == 0:
-            raise DataError(
-                f"class '{name}' has no images in the training pool; remove it from the "
-                "dataset or add images for it"
-            )
-        if len(members) < needed:
-            raise DataError(
-                f"class '{name}' has {len(members)} images but {labels_per_class} labeled"
-                f" + {val_per_class} validation per class were requested; lower "
-                "data.labels_per_class / data.val_per_class"
-            )
-        chosen = rng.permutation(members)
-        val.extend(chosen[:val_per_class].tolist())
-        labeled.extend(chosen[val_per_class:needed].tolist())
-    return {"labeled": sorted(labeled), "val": sorted(val)}
+    """Pick ``labels_per_class`` labeled and ``val_per_class`` validation indices per class.
 
-
-def draw_all_labeled_split(
-    labels: np.ndarray,
-    num_classes: int,
-    val_per_class: int,
-    data_seed: int,
-    class_names: list[str] | None = None,
-) -> dict[str, list[int]]:
-    """Label every pool image except ``val_per_class`` per class held out for validation.
-
-    Used for pools the user labeled on purpose (an image folder): discarding their labels down to
-    ``labels_per_class`` would surprise them.
+    ``labels_per_class=None`` labels every image not held out for validation: used for pools the
+    user labeled on purpose (an image folder), where dropping labels would surprise them.
     """
     rng = np.random.default_rng(data_seed)
     labeled: list[int] = []
@@ -68,16 +36,32 @@ def draw_all_labeled_split(
     for c in range(num_classes):
         name = class_names[c] if class_names else str(c)
         members = np.flatnonzero(labels == c)
-        if len(members) <= val_per_class:
-            raise DataError(
-                f"class '{name}' has {len(members)} labeled images, but {val_per_class} per class "
-                "are held out for validation and at least one must stay labeled; lower "
-                "data.val_per_class or add images"
-            )
+        _check_class_size(name, len(members), labels_per_class, val_per_class)
+        needed = len(members) if labels_per_class is None else labels_per_class + val_per_class
         chosen = rng.permutation(members)
         val.extend(chosen[:val_per_class].tolist())
-        labeled.extend(chosen[val_per_class:].tolist())
+        labeled.extend(chosen[val_per_class:needed].tolist())
     return {"labeled": sorted(labeled), "val": sorted(val)}
+
+
+def _check_class_size(name: str, size: int, labels_per_class: int | None, val_per_class: int):
+    if size == 0:
+        raise DataError(
+            f"class '{name}' has no images in the training pool; remove it from the "
+            "dataset or add images for it"
+        )
+    if labels_per_class is None and size <= val_per_class:
+        raise DataError(
+            f"class '{name}' has {size} labeled images, but {val_per_class} per class "
+            "are held out for validation and at least one must stay labeled; lower "
+            "data.val_per_class or add images"
+        )
+    if labels_per_class is not None and size < labels_per_class + val_per_class:
+        raise DataError(
+            f"class '{name}' has {size} images but {labels_per_class} labeled"
+            f" + {val_per_class} validation per class were requested; lower "
+            "data.labels_per_class / data.val_per_class"
+        )
 
 
 def load_split_file(path: str | Path, pool_size: int) -> dict[str, list[int]]:
@@ -115,13 +99,10 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
         )
     if cfg.split_file:
         split = load_split_file(cfg.split_file, len(pool))
-    elif raw.all_train_labeled:
-        split = draw_all_labeled_split(
-            pool.labels, raw.num_classes, cfg.val_per_class, cfg.data_seed, raw.class_names
-        )
     else:
         split = draw_split(
-            pool.labels, raw.num_classes, cfg.labels_per_class, cfg.val_per_class,
+            pool.labels, raw.num_classes,
+            None if raw.all_train_labeled else cfg.labels_per_class, cfg.val_per_class,
             cfg.data_seed, raw.class_names,
         )
     labeled = pool.subset(np.array(split["labeled"], dtype=np.int64))
