@@ -35,6 +35,10 @@ BASE = [
 EXACT = [*BASE, "train.augment_on=workers", "train.num_workers=0",
          "algorithm.fusion_strength=0.0", "train.run_name=exact"]
 BN = [*BASE, "train.steps=4", "train.run_name=bn"]
+# stateful algorithms: a low FlexMatch threshold fills its per-image memory within 3 steps
+FLEX = [*BASE, "train.steps=3", "algorithm.name=flexmatch", "algorithm.threshold=0.2",
+        "train.run_name=flex"]
+PLUS = [*BASE, "train.steps=3", "algorithm.name=interlude_plus", "train.run_name=plus"]
 
 
 def _conv_gn(in_ch: int, out_ch: int, stride: int, bn_momentum: float) -> list[nn.Module]:
@@ -69,7 +73,8 @@ def _rank_main(out_dir: Path) -> None:
 
     def fit_and_dump(self, stop_after=None):
         summary = original_fit(self, stop_after=stop_after)
-        state = {"model": unwrap(self.model).state_dict(), "ema": self.ema.state_dict()}
+        state = {"model": unwrap(self.model).state_dict(), "ema": self.ema.state_dict(),
+                 "algorithm": self.algorithm.state_dict()}
         name = f"{self.cfg.train.run_name}-rank{self.dist.rank}-step{self.step}.pt"
         torch.save(state, out_dir / name)
         return summary
@@ -80,6 +85,8 @@ def _rank_main(out_dir: Path) -> None:
         assert main(["train", *EXACT, runs, "--stop-after", "3"]) == 0
         assert main(["train", *EXACT, runs, "--resume"]) == 0
     assert main(["train", *BN, runs]) == 0
+    assert main(["train", *FLEX, runs]) == 0
+    assert main(["train", *PLUS, runs]) == 0
 
 
 # ---------------------------------------------------------------------- tests
@@ -124,6 +131,18 @@ def test_ranks_end_with_identical_weights(ddp_run):
         rank0 = _load(ddp_run / f"{name}-rank0-step{step}.pt")
         rank1 = _load(ddp_run / f"{name}-rank1-step{step}.pt")
         _assert_states(rank0, rank1, exact=True)
+
+
+def test_algorithm_state_identical_across_ranks(ddp_run):
+    """FreeMatch statistics are averaged and FlexMatch updates gathered over ranks."""
+    flex0 = _load(ddp_run / "flex-rank0-step3.pt")["algorithm"]
+    flex1 = _load(ddp_run / "flex-rank1-step3.pt")["algorithm"]
+    assert (flex0["selected_label"] >= 0).sum() > 8  # both shards' images were remembered
+    assert torch.equal(flex0["selected_label"], flex1["selected_label"])
+    plus0 = _load(ddp_run / "plus-rank0-step3.pt")["algorithm"]
+    plus1 = _load(ddp_run / "plus-rank1-step3.pt")["algorithm"]
+    for key in ("global_confidence", "class_confidence", "label_histogram"):
+        assert torch.allclose(plus0[key], plus1[key], atol=1e-6), key
 
 
 def test_ddp_resume_equals_single_process_global_batch(ddp_run, tmp_path):

@@ -5,7 +5,7 @@ Each unlabeled image remembers the last class it was confidently (p >= tau) pred
 currently assigned to it; normalised, beta_c = sigma_c / max(max_c sigma_c, #unused) with the
 threshold warm-up (or / max_c sigma_c without), and the class threshold is tau * M(beta_c) with the
 convex mapping M(x) = x / (2 - x). Everything is tensor arithmetic (no host sync); the state is a
-buffer, so it is checkpointed. Under DDP each rank updates the images of its own shard.
+buffer, so it is checkpointed. Under DDP every rank applies the updates of all ranks.
 """
 
 from __future__ import annotations
@@ -62,7 +62,15 @@ class FlexMatch(FixMatch):
     def _remember_confident(
         self, indices: torch.Tensor, predicted: torch.Tensor, confidence: torch.Tensor
     ) -> None:
-        """selected_label[i] = prediction for images predicted with p >= tau (sync-free)."""
-        confident = confidence >= self.cfg.threshold
+        """selected_label[i] = prediction for images predicted with p >= tau (sync-free).
+
+        Under DDP the updates of every rank are gathered and applied on every rank, so the memory
+        (and hence the thresholds) stays identical across ranks.
+        """
+        from interlude.train.distributed import all_gather_cat
+
+        indices = all_gather_cat(indices)
+        predicted = all_gather_cat(predicted)
+        confident = all_gather_cat(confidence) >= self.cfg.threshold
         current = self.selected_label.index_select(0, indices)
         self.selected_label.index_put_((indices,), torch.where(confident, predicted, current))

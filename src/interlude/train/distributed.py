@@ -179,6 +179,21 @@ def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate an equally shaped tensor from every rank (rank order); itself without a group.
+
+    For per-sample algorithm state (FlexMatch's memory of confident predictions): every rank
+    applies the updates of all ranks, so the state stays identical everywhere.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        world_size = torch_dist.get_world_size()
+        if world_size > 1:
+            parts = [torch.empty_like(tensor) for _ in range(world_size)]
+            torch_dist.all_gather(parts, tensor.contiguous())
+            return torch.cat(parts)
+    return tensor
+
+
 def _destroy_group() -> None:
     if torch_dist.is_initialized():
         torch_dist.destroy_process_group()
