@@ -151,3 +151,13 @@ def test_no_runs_raises(tmp_path: Path) -> None:
         write_report([tmp_path / "empty", tmp_path / "missing"], tmp_path / "out")
     assert isinstance(info.value, InterludeError)
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_sweep_runs_are_labelled_by_their_variant_folder(tmp_path: Path) -> None:
+    dirs = [
+        make_run(tmp_path, "no-dc/seed0", 0.9, seed=0, overrides={"algorithm.lambda_dc": 0.0}),
+        make_run(tmp_path, "no-dc/seed1", 0.9, seed=1, overrides={"algorithm.lambda_dc": 0.0}),
+        make_run(tmp_path, "full/seed0", 0.8, seed=0),
+    ]
+    rows = table_rows(write_report(dirs, tmp_path / "out"))
+    assert [row[0] for row in rows] == ["no-dc", "full"]

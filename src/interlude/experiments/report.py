@@ -208,9 +208,23 @@ def group_variants(runs: list[Run]) -> list[Variant]:
             variants.append(match)
         match.runs.append(run)
     keys = differing_keys(variants)
-    for v in variants:
-        v.label = _label(v, keys)
+    sweep_names = _sweep_variant_names(variants)
+    for v, name in zip(variants, sweep_names or [None] * len(variants), strict=True):
+        v.label = name or _label(v, keys)
     return variants
+
+
+def _sweep_variant_names(variants: list[Variant]) -> list[str] | None:
+    """Variant folder names of ``interlude sweep`` (``<sweep>/<variant>/seed<k>``), if they are
+    consistent and unique: they say what a variant is more briefly than the differing keys."""
+    names = []
+    for v in variants:
+        parents = {run.path.parent.name for run in v.runs}
+        seeded = all(run.path.name.startswith("seed") for run in v.runs)
+        if len(parents) != 1 or not seeded:
+            return None
+        names.append(parents.pop())
+    return names if len(set(names)) == len(names) else None
 
 
 def differing_keys(variants: list[Variant]) -> list[str]:
