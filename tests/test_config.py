@@ -51,6 +51,7 @@ def test_unknown_key_in_yaml_and_unknown_section(tmp_path):
         ("algorithm.layout=zigzag", "not one of interdigitated, blocked"),
         ("algorithm.fusion_strength=1.5", "fusion_strength must be in"),
         ("train.steps=0", "must be positive"),
+        ("algorithm.ema_p=1.0", "ema_p must be in"),
         ("steps", "must look like key=value"),
     ],
 )

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from interlude.algorithms import ViewLogits, build_algorithm
-from interlude.algorithms.flexmatch import class_learning_effect, flexible_thresholds
+from interlude.algorithms.flexmatch import (
+    class_learning_effect,
+    flexible_thresholds,
+    remember_confident,
+)
 from interlude.config import AlgorithmConfig
 
 # 6 unlabeled images: 3 never confidently predicted, 2 assigned to class 0, 1 to class 1
@@ -47,10 +51,39 @@ def test_masking_then_memory_update():
     assert algo.selected_label.tolist() == [-1, 0, 0, 1, -1, 1]
 
 
-def test_state_dict_round_trip():
+def test_duplicate_image_in_a_step_keeps_the_confident_prediction():
+    memory = torch.tensor([-1, 2, -1])
+    indices = torch.tensor([0, 0, 1, 2, 2])
+    predicted = torch.tensor([1, 0, 0, 1, 0])
+    confident = torch.tensor([True, False, False, True, True])
+    # image 0: one confident copy (class 1) and one unconfident copy -> 1, whatever the order;
+    # image 1: not confident -> keeps 2; image 2: confident as 1 and 0 -> highest class, 1
+    assert remember_confident(memory, indices, predicted, confident).tolist() == [1, 2, 1]
+    flipped = remember_confident(memory, indices.flip(0), predicted.flip(0), confident.flip(0))
+    assert flipped.tolist() == [1, 2, 1]
+
+
+def test_state_dict_round_trip_gives_identical_outputs():
     cfg = AlgorithmConfig(name="flexmatch")
     first = build_algorithm(cfg, 2, num_unlabeled=6)
     first.selected_label.copy_(SELECTED)
     second = build_algorithm(cfg, 2, num_unlabeled=6)
     second.load_state_dict(first.state_dict())
     assert torch.equal(second.selected_label, SELECTED)
+    torch.manual_seed(0)
+    logits = ViewLogits(lw=torch.randn(2, 2), uw=torch.randn(4, 2) * 3, us=torch.randn(4, 2))
+    labels = torch.tensor([0, 1])
+    outputs = []
+    for algo in (first, second):
+        algo.current_unlabeled_indices = torch.tensor([0, 2, 4, 5])
+        loss, metrics = algo.loss(logits, labels, step=0)
+        outputs.append((loss, metrics["threshold"], algo.selected_label.clone()))
+    for a, b in zip(*outputs, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_no_indices_is_a_clear_error():
+    algo = build_algorithm(AlgorithmConfig(name="flexmatch"), 2, num_unlabeled=6)
+    logits = ViewLogits(lw=torch.zeros(1, 2), uw=torch.zeros(2, 2), us=torch.zeros(2, 2))
+    with pytest.raises(RuntimeError, match="unlabeled indices"):
+        algo.loss(logits, torch.tensor([0]), step=0)

@@ -63,6 +63,19 @@ def test_fairness_hand_computed_single_masked_row():
 
 
 @pytest.mark.parametrize("name", ["freematch", "interlude_plus"])
+def test_empty_mask_whole_loss_is_finite(name):
+    algo = build_algorithm(AlgorithmConfig(name=name, ema_p=0.9), num_classes=3)
+    algo.global_confidence.fill_(2.0)  # tau stays > 1 after this step: nothing is confident
+    us = torch.randn(3, 3, requires_grad=True)
+    lw = torch.randn(1, 3, requires_grad=True)
+    logits = ViewLogits(lw=lw, uw=PROBS.log(), ls=torch.randn(1, 3), us=us)
+    loss, metrics = algo.loss(logits, torch.tensor([0]), step=0)
+    loss.backward()
+    assert metrics["mask_rate"].item() == 0.0 and metrics["loss_fair"].item() == 0.0
+    assert torch.isfinite(loss) and torch.isfinite(us.grad).all() and torch.isfinite(lw.grad).all()
+
+
+@pytest.mark.parametrize("name", ["freematch", "interlude_plus"])
 def test_state_dict_round_trip_restores_thresholds(name):
     cfg = AlgorithmConfig(name=name, ema_p=0.9)
     first, second = build_algorithm(cfg, 3), build_algorithm(cfg, 3)

@@ -92,16 +92,17 @@ def test_table_labels_and_numbers(tmp_path: Path) -> None:
     assert fm[1] == "0, 1 (2)"
     assert fm[2] == "92.0 ± 2.8"
     assert fm[4] == "93.0 ± 2.8"  # selected (val) top-1 from best
-    assert fm[5] == "0: 90.0, 1: 94.0"
+    assert fm[5] == "92.0 ± 2.8"  # selected balanced accuracy (= last's in these fakes)
+    assert fm[6] == "0: 90.0, 1: 94.0"
     assert il[2] == "96.0 ± 1.4"
     assert il[3] == "82.0 ± 2.8"  # balanced accuracy, not top-1
-    assert il[4] == "-"  # selected_by == "last" -> no selected number
+    assert il[4] == il[5] == "-"  # selected_by == "last" -> no selected numbers
 
 
 def test_single_variant_labelled_by_algorithm_and_raw_model(tmp_path: Path) -> None:
     run = make_run(tmp_path, "r", 0.5, seed=3, model="raw")
     rows = table_rows(write_report([run], tmp_path / "out"))
-    assert rows == [["interlude", "3 (1)", "50.0 ± 0.0", "50.0 ± 0.0", "-", "3: 50.0"]]
+    assert rows == [["interlude", "3 (1)", "50.0 ± 0.0", "50.0 ± 0.0", "-", "-", "3: 50.0"]]
 
 
 def test_plots_written(tmp_path: Path) -> None:
@@ -135,12 +136,15 @@ def test_parent_folder_expands_and_skips_interrupted(tmp_path: Path, capsys: pyt
     assert "dead" in capsys.readouterr().err
 
 
-def test_without_matplotlib_writes_table_and_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_matplotlib_writes_table_and_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     out = tmp_path / "out"
     text = write_report(two_variants(tmp_path / "runs"), out).read_text()
     assert "pip install 'interlude[plots]'" in text
+    assert "pip install 'interlude[plots]'" in capsys.readouterr().err
     assert len(table_rows(out / "report.md")) == 2
     assert not (out / "curves.png").exists()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from interlude.errors import ConfigError
+from interlude.errors import ConfigError, InterludeError
 from interlude.experiments import sweep
 from interlude.experiments.sweep import (
     SweepSpec,
@@ -16,7 +16,9 @@ from interlude.experiments.sweep import (
     load_sweep_file,
     parse_grid,
     plan_runs,
+    run_spec,
     run_sweep,
+    run_sweep_file,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +76,7 @@ def test_finished_runs_skipped_and_checkpointed_runs_resumed(tmp_path, monkeypat
         return Path(cfg.train.out_dir) / cfg.train.run_name
 
     monkeypatch.setattr("interlude.train.run", fake_run)
-    dirs = run_sweep(spec, tmp_path)
+    dirs = run_spec(spec, tmp_path)
     assert calls == [(1, "fixmatch", True, "a/seed1")]
     assert dirs == [done, tmp_path / "s" / "a" / "seed1"]
 
@@ -85,3 +87,102 @@ def test_not_a_sweep_file(tmp_path):
     assert not sweep.is_sweep_file(path)
     with pytest.raises(ConfigError, match="not a sweep file"):
         load_sweep_file(path)
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """Replace training by a stub that records the config and writes what a finished run leaves."""
+    configs = []
+
+    def fake_run(cfg, resume=False, overwrite=False, **kwargs):
+        run_dir = Path(cfg.train.out_dir) / cfg.train.run_name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+        (run_dir / "summary.json").write_text("{}")
+        configs.append(cfg)
+        return run_dir
+
+    monkeypatch.setattr("interlude.train.run", fake_run)
+    return configs
+
+
+def test_run_sweep_on_a_run_config_with_grid_and_seeds(tmp_path, fake_training):
+    config = ROOT / "configs" / "digits.yaml"
+    dirs = run_sweep(config, {"algorithm.lambda_dc": ["0.1", "10"]}, [0, 2],
+                     overrides=["data.data_seed=5"], out_root=tmp_path)
+    assert dirs == [tmp_path / "digits" / f"lambda_dc={v}" / f"seed{s}"
+                    for v in ("0.1", "10") for s in (0, 2)]
+    assert [(c.algorithm.lambda_dc, c.train.seed) for c in fake_training] == [
+        (0.1, 0), (0.1, 2), (10.0, 0), (10.0, 2)]
+    assert {c.data.data_seed for c in fake_training} == {5}  # not tied to the training seed
+    # a second call finds every run finished and trains nothing
+    assert run_sweep(config, {"algorithm.lambda_dc": ["0.1", "10"]}, [0, 2],
+                     overrides=["data.data_seed=5"], out_root=tmp_path) == dirs
+    assert len(fake_training) == 4
+
+
+def test_default_output_is_the_configs_out_dir(tmp_path, fake_training):
+    dirs = run_sweep(ROOT / "configs" / "digits.yaml", {}, [1],
+                     overrides=[f"train.out_dir={tmp_path / 'elsewhere'}"])
+    assert dirs == [tmp_path / "elsewhere" / "digits" / "base" / "seed1"]
+
+
+def test_sweep_file_seeds_can_be_replaced(tmp_path, fake_training):
+    path = ROOT / "configs" / "sweeps" / "layout.yaml"
+    dirs = run_sweep(path, None, [7], out_root=tmp_path)
+    assert dirs == [tmp_path / "layout" / f"layout={v}" / "seed7" for v in ("interdigitated", "blocked")]
+    first = run_sweep_file(path, out_root=tmp_path)[0]
+    assert first == tmp_path / "layout" / "layout=interdigitated" / "seed0"
+    assert [c.train.seed for c in fake_training] == [7, 7, 0, 1, 2, 0, 1, 2]
+
+
+def test_run_dir_of_another_config_is_refused(tmp_path, fake_training):
+    config = ROOT / "configs" / "digits.yaml"
+    run_sweep(config, {"algorithm.lambda_dc": ["1"]}, [0], overrides=["algorithm.name=fixmatch"],
+              out_root=tmp_path)
+    with pytest.raises(ConfigError, match="different config.*algorithm.name"):
+        run_sweep(config, {"algorithm.lambda_dc": ["1"]}, [0], overrides=["algorithm.name=interlude"],
+                  out_root=tmp_path)
+    # bookkeeping keys (threads, progress, device ...) may differ
+    run_sweep(config, {"algorithm.lambda_dc": ["1"]}, [0],
+              overrides=["algorithm.name=fixmatch", "train.threads=2", "train.progress=false"],
+              out_root=tmp_path)
+    assert len(fake_training) == 1
+
+
+def test_subprocesses_run_interlude_train_with_resume(tmp_path, monkeypatch):
+    commands = []
+
+    class FakeProcess:
+        returncode = 0
+
+        def __init__(self, command, stdout, stderr):
+            commands.append(command)
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(sweep.time, "sleep", lambda seconds: None)
+    config = ROOT / "configs" / "digits.yaml"
+    run_sweep(config, {"algorithm.name": ["fixmatch", "interlude"]}, [0], processes=2, out_root=tmp_path)
+    assert len(commands) == 2
+    assert commands[0][1:5] == ["-m", "interlude", "train", str(config)]
+    assert "algorithm.name=fixmatch" in commands[0] and "--resume" in commands[0]
+    assert (tmp_path / "digits" / "name=fixmatch" / "seed0.log").exists()
+
+
+def test_failed_subprocess_is_reported(tmp_path, monkeypatch):
+    class FailingProcess:
+        returncode = 1
+
+        def __init__(self, command, stdout, stderr):
+            pass
+
+        def poll(self):
+            return 1
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", FailingProcess)
+    monkeypatch.setattr(sweep.time, "sleep", lambda seconds: None)
+    with pytest.raises(InterludeError, match="1 sweep run"):
+        run_sweep(ROOT / "configs" / "digits.yaml", {}, [0], processes=2, out_root=tmp_path)

@@ -77,6 +77,75 @@ def test_adamw_with_layer_decay_is_used_for_vit():
     assert lrs[-1] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-3 * 0.65 ** 13)
 
 
-def test_patch_must_divide_resolution():
+def test_patch_from_arch_name_and_robust_default(caplog):
+    assert build_net(ModelConfig(arch="vit_tiny"), 10, 3, 32).patch_size == 2
+    assert build_net(ModelConfig(arch="vit_tiny"), 10, 3, 96).patch_size == 16
+    assert build_net(ModelConfig(arch="vit_tiny_patch4"), 10, 3, 32).patch_size == 4
+    with caplog.at_level("WARNING", logger="interlude"):
+        assert build_net(ModelConfig(arch="vit_tiny"), 10, 3, 40).patch_size == 10  # 16 does not divide
+    assert "vit_small_patch16" in caplog.text
     with pytest.raises(ConfigError, match="multiple of the ViT patch"):
-        build_net(ModelConfig(arch="vit_tiny"), 10, 3, 9)
+        build_net(ModelConfig(arch="vit_tiny_patch2"), 10, 3, 9)
+    with pytest.raises(ConfigError, match="unknown ViT"):
+        build_net(ModelConfig(arch="vit_huge"), 10, 3, 32)
+
+
+def test_pretrained_at_another_resolution_and_channel_count(tmp_path):
+    source = build_net(ModelConfig(arch="vit_tiny_patch2"), 10, 3, 8)
+    path = tmp_path / "vit.pt"
+    torch.save(source.state_dict(), path)
+    bigger = build_net(ModelConfig(arch="vit_tiny_patch2", pretrained=str(path)), 10, 3, 16)
+    assert bigger.pos_embed.shape == (1, 1 + 8 * 8, 192)
+    assert torch.equal(bigger.pos_embed[:, 0], source.pos_embed[:, 0])  # class position kept
+    grey = build_net(ModelConfig(arch="vit_tiny_patch2", pretrained=str(path)), 10, 1, 8)
+    expected = source.patch_embed.proj.weight.sum(1, keepdim=True)
+    assert torch.allclose(grey.patch_embed.proj.weight, expected)
+    rgb = torch.rand(2, 1, 8, 8)
+    grey.eval()
+    source.eval()
+    with torch.no_grad():  # a grey image repeated to RGB gives the same features
+        assert torch.allclose(grey.features(rgb), source.features(rgb.expand(-1, 3, -1, -1)), atol=1e-5)
+
+
+def test_pretrained_that_cannot_fit_is_a_config_error(tmp_path):
+    source = build_net(ModelConfig(arch="vit_tiny_patch2"), 10, 3, 8)
+    path = tmp_path / "vit.pt"
+    torch.save(source.state_dict(), path)
+    with pytest.raises(ConfigError, match="use patch 2 .*_patch2"):
+        build_net(ModelConfig(arch="vit_tiny_patch4", pretrained=str(path)), 10, 3, 8)
+    with pytest.raises(ConfigError, match="does not fit"):  # a ViT-S file into a ViT-Ti
+        build_net(ModelConfig(arch="vit_small_patch2", pretrained=str(path)), 10, 3, 8)
+    state = dict(source.state_dict(), **{"blocks.0.ls1.gamma": torch.ones(192)})  # LayerScale
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match="unknown block tensors"):
+        build_net(ModelConfig(arch="vit_tiny_patch2", pretrained=str(path)), 10, 3, 8)
+    with pytest.raises(ConfigError, match="not found"):
+        build_net(ModelConfig(arch="vit_tiny", pretrained=str(tmp_path / "nope.pt")), 10, 3, 8)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot read"):
+        build_net(ModelConfig(arch="vit_tiny", pretrained=str(path)), 10, 3, 8)
+
+
+def test_stochastic_depth_only_in_training():
+    model = tiny_vit()
+    assert model.blocks[0].drop_path_rate == 0.0 and model.blocks[-1].drop_path_rate == pytest.approx(0.1)
+    x = torch.randn(4, 3, 8, 8)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    model.train()
+    with torch.no_grad():
+        assert not torch.allclose(model(x), model(x))
+
+
+def test_matches_timm_vision_transformer():
+    """Same names and eval outputs as timm (skipped where timm cannot be imported)."""
+    timm = pytest.importorskip("timm")
+    for arch, patch, resolution in [("vit_tiny", 2, 32), ("vit_small", 16, 64)]:
+        reference = timm.create_model(f"{arch}_patch16_224", pretrained=False, num_classes=10,
+                                      img_size=resolution, patch_size=patch).eval()
+        ours = build_net(ModelConfig(arch=f"{arch}_patch{patch}"), 10, 3, resolution).eval()
+        ours.load_state_dict(reference.state_dict(), strict=True)
+        x = torch.randn(2, 3, resolution, resolution)
+        with torch.no_grad():
+            assert torch.allclose(ours(x), reference(x), atol=1e-5)

@@ -437,6 +437,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.mu must be >= 1 for {a.name}, got {t.mu}")
     if not 0.0 <= a.fusion_strength < 1.0:
         raise ConfigError(f"algorithm.fusion_strength must be in [0, 1), got {a.fusion_strength}")
+    if not 0.0 <= a.ema_p < 1.0:
+        raise ConfigError(f"algorithm.ema_p must be in [0, 1), got {a.ema_p}")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if not 0.0 < a.threshold <= 1.0:

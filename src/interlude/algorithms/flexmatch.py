@@ -15,6 +15,8 @@ import torch
 from interlude.algorithms.base import Metrics, ViewLogits
 from interlude.algorithms.fixmatch import FixMatch, masked_cross_entropy
 
+__all__ = ["FlexMatch", "class_learning_effect", "flexible_thresholds", "remember_confident"]
+
 
 def class_learning_effect(
     selected_label: torch.Tensor, num_classes: int, warmup: bool
@@ -72,5 +74,27 @@ class FlexMatch(FixMatch):
         indices = all_gather_cat(indices)
         predicted = all_gather_cat(predicted)
         confident = all_gather_cat(confidence) >= self.cfg.threshold
-        current = self.selected_label.index_select(0, indices)
-        self.selected_label.index_put_((indices,), torch.where(confident, predicted, current))
+        self.selected_label.copy_(
+            remember_confident(self.selected_label, indices, predicted, confident)
+        )
+
+
+def remember_confident(
+    selected_label: torch.Tensor,
+    indices: torch.Tensor,
+    predicted: torch.Tensor,
+    confident: torch.Tensor,
+) -> torch.Tensor:
+    """The memory after one step: ``selected_label[i] = predicted`` where ``confident``.
+
+    The same image can appear several times in a step (the unlabeled draws of different labeled
+    items are independent). A plain ``index_put_`` then lets an unconfident copy overwrite a
+    confident one, and which duplicate wins is unspecified on CUDA (so DDP ranks could disagree).
+    Here a confident prediction always beats no update, and among confident duplicates with
+    different predictions the highest class index wins: deterministic on every device.
+    """
+    code = torch.where(confident, predicted + 1, torch.zeros_like(predicted))  # 0 = no update
+    winner = torch.zeros_like(selected_label).scatter_reduce_(
+        0, indices, code, reduce="amax", include_self=True
+    )
+    return torch.where(winner > 0, winner - 1, selected_label)

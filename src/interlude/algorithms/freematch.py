@@ -9,6 +9,10 @@ and restored on resume:
 
 Every statistic is updated with the current batch *before* the mask is computed (as in USB). Under
 DDP the batch statistics are averaged over ranks first, so the state stays identical everywhere.
+
+The 1/K initialisation is the InterLUDE+ code's (METHOD.md 1.5). USB's FreeMatch starts from ones
+instead (tau_0 = 1, so almost nothing passes the threshold early on and tau decays towards the
+model's confidence); p~ and h enter only through scale-free ratios, so tau_0 is the only difference.
 """
 
 from __future__ import annotations

@@ -64,11 +64,11 @@ class Run:
         """A metric of the final model, or None when the run did not record it."""
         return _number((self.summary.get("last") or {}).get(f"{split}/{self.model}/{metric}"))
 
-    def selected_top1(self) -> float | None:
-        """Test top-1 of the val-selected checkpoint; None unless selection really used val."""
+    def selected(self, metric: str) -> float | None:
+        """A test metric of the val-selected checkpoint; None unless selection really used val."""
         if self.summary.get("selected_by") != "val":
             return None
-        return _number((self.summary.get("best") or {}).get(f"test/{self.model}/top1"))
+        return _number((self.summary.get("best") or {}).get(f"test/{self.model}/{metric}"))
 
     def curve(self) -> tuple[list[int], list[float]]:
         """(steps, test top-1) of the primary model from the eval rows of metrics.jsonl."""
@@ -108,6 +108,8 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
     variants = group_variants(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(variants, out_dir)
+    if plots is None:
+        _note(f"wrote the table only. {PLOTS_HINT}")
     path = out_dir / "report.md"
     path.write_text(render_markdown(runs, variants, plots))
     return path
@@ -259,15 +261,18 @@ def mean_std(values: list[float]) -> str:
 def table_row(variant: Variant) -> list[str]:
     runs = variant.runs
     seeds = ", ".join(str(r.seed) for r in runs)
-    balanced = [v for v in (r.last("balanced_acc") for r in runs) if v is not None]
-    selected = [v for v in (r.selected_top1() for r in runs) if v is not None]
+
+    def present(values: Iterable[float | None]) -> list[float]:
+        return [v for v in values if v is not None]
+
     per_seed = ", ".join(f"{r.seed}: {_pct(r.last('top1'))}" for r in runs)
     return [
         variant.label,
         f"{seeds} ({len(runs)})",
         mean_std(variant.last_top1()),
-        mean_std(balanced),
-        mean_std(selected),
+        mean_std(present(r.last("balanced_acc") for r in runs)),
+        mean_std(present(r.selected("top1") for r in runs)),
+        mean_std(present(r.selected("balanced_acc") for r in runs)),
         per_seed,
     ]
 
@@ -284,6 +289,7 @@ def render_markdown(runs: list[Run], variants: list[Variant], plots: list[str] |
         "last test top-1 (%)",
         "last balanced acc (%)",
         "selected test top-1 (%)",
+        "selected balanced acc (%)",
         "per-seed last top-1 (%)",
     ]
     lines = ["# interlude report", "", "Runs:", ""]

@@ -1,9 +1,15 @@
 """Sweeps: many runs of one base config (a grid of values, or named variants) x training seeds.
 
-Each run gets its own directory ``<out>/<sweep>/<variant>/seed<k>``. A sweep is resumable: runs
-with a ``summary.json`` are skipped, runs with a checkpoint are resumed, the rest start fresh. Runs
-go one after another in this process, or ``processes`` at a time as ``interlude train``
-subprocesses (each with its log file beside its run directory).
+Each run gets its own directory ``<out>/<sweep>/<variant>/seed<k>`` (``<out>`` defaults to the
+base config's ``train.out_dir``). A sweep is resumable: runs with a ``summary.json`` are skipped,
+runs with a checkpoint are resumed, the rest start fresh; a run directory that holds a run of a
+*different* config is an error rather than silently counted as done. Runs go one after another in
+this process, or ``processes`` at a time as ``interlude train`` subprocesses (each with its log file
+beside its run directory). ``train.seed`` is set per run; ``data.data_seed`` stays as configured
+unless the grid names it.
+
+Entry points: :func:`run_sweep` (a run config or a sweep file, plus a grid and seeds, as the CLI
+``interlude sweep`` passes them) and :func:`run_sweep_file`.
 
 A sweep file (``configs/sweeps/*.yaml``)::
 
@@ -31,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from interlude.config import load_config, parse_override
+from interlude.config import Config, load_config, parse_override
 from interlude.errors import ConfigError, InterludeError
 
 log = logging.getLogger("interlude")
@@ -58,6 +64,15 @@ class PlannedRun:
     seed: int
     overrides: list[str]
     run_dir: Path
+    config: Config | None = None
+
+
+# Keys that may differ between a planned run and the run already in its directory: they change
+# where or how verbosely a run executes, not what it computes.
+BOOKKEEPING_KEYS = frozenset({
+    "train.out_dir", "train.progress", "train.device", "train.threads", "train.tensorboard",
+    "train.num_workers", "data.data_dir", "data.download",
+})
 
 
 def _safe(text: str) -> str:
@@ -137,27 +152,71 @@ def is_sweep_file(path: str | Path) -> bool:
     return isinstance(spec, dict) and "base" in spec
 
 
-def plan_runs(spec: SweepSpec, out_root: Path, extra: list[str] | None = None) -> list[PlannedRun]:
+def plan_runs(
+    spec: SweepSpec, out_root: str | Path | None = None, extra: list[str] | None = None
+) -> list[PlannedRun]:
     """Expand variants x seeds into runs, validating every config before anything trains."""
+    root = Path(out_root) if out_root is not None else default_out_root(spec, extra)
     planned = []
     for variant in spec.variants:
         for seed in spec.seeds:
-            run_dir = out_root / spec.name / variant.name / f"seed{seed}"
+            run_dir = root / spec.name / variant.name / f"seed{seed}"
             overrides = [
                 *spec.overrides, *variant.overrides, *(extra or []), f"train.seed={seed}",
-                f"train.out_dir={out_root / spec.name}", f"train.run_name={variant.name}/seed{seed}",
+                f"train.out_dir={root / spec.name}", f"train.run_name={variant.name}/seed{seed}",
             ]
-            load_config(spec.base, overrides)  # fail fast on a bad key in any run
-            planned.append(PlannedRun(variant.name, seed, overrides, run_dir))
+            config = load_config(spec.base, overrides)  # fail fast on a bad key in any run
+            planned.append(PlannedRun(variant.name, seed, overrides, run_dir, config))
     return planned
 
 
-def run_sweep(
-    spec: SweepSpec, out_root: str | Path = "runs/sweeps", processes: int = 1,
+def default_out_root(spec: SweepSpec, extra: list[str] | None = None) -> Path:
+    """The base config's ``train.out_dir`` (after the sweep's and the caller's overrides)."""
+    return Path(load_config(spec.base, [*spec.overrides, *(extra or [])]).train.out_dir)
+
+
+def check_existing(run: PlannedRun) -> None:
+    """Refuse a run directory that holds a run of another config (e.g. an earlier sweep with other
+    overrides but the same variant names), instead of skipping or resuming it as if it were ours.
+
+    Only keys known to both are compared, so a config field added by a newer version of the
+    package does not invalidate finished runs.
+    """
+    saved_path = run.run_dir / "config.yaml"
+    if run.config is None or not saved_path.is_file():
+        return
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    wanted = _flatten(run.config.to_dict())
+    differing = sorted(
+        k for k in set(saved) & set(wanted)
+        if k not in BOOKKEEPING_KEYS and saved[k] != wanted[k]
+    )
+    if differing:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in differing[:4])
+        raise ConfigError(
+            f"{run.run_dir} already holds a run with a different config ({shown}); give this "
+            "sweep another output folder (--out) or remove that run"
+        )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def run_spec(
+    spec: SweepSpec, out_root: str | Path | None = None, processes: int = 1,
     extra_overrides: list[str] | None = None,
 ) -> list[Path]:
-    """Train every planned run that has not finished; returns all run directories."""
-    planned = plan_runs(spec, Path(out_root), extra_overrides)
+    """Train every planned run of ``spec`` that has not finished; returns all run directories."""
+    planned = plan_runs(spec, out_root, extra_overrides)
+    for item in planned:
+        check_existing(item)
     todo = [r for r in planned if not (r.run_dir / "summary.json").exists()]
     log.info("sweep %s: %d runs, %d done, %d to train", spec.name, len(planned),
              len(planned) - len(todo), len(todo))
@@ -169,12 +228,61 @@ def run_sweep(
     return [r.run_dir for r in planned]
 
 
+def run_sweep(
+    config_path: str | Path,
+    grid: dict[str, list[Any]] | None = None,
+    seeds: list[int] | None = None,
+    processes: int = 1,
+    overrides: list[str] | None = None,
+    out_root: str | Path | None = None,
+) -> list[Path]:
+    """Train ``config_path`` for every grid combination x seed; returns every run directory.
+
+    ``config_path`` is a run config (one variant per grid combination, seeds default to [0]) or a
+    sweep file (its variants, each crossed with ``grid``; ``seeds`` replaces the file's seeds when
+    given). ``overrides`` (``key=value``) apply to every run; runs go to
+    ``<out_root or train.out_dir>/<sweep name>/<variant>/seed<k>``.
+    """
+    spec = sweep_spec(config_path, grid or {}, seeds)
+    return run_spec(spec, out_root, processes, overrides)
+
+
+def run_sweep_file(
+    path: str | Path,
+    processes: int = 1,
+    extra_overrides: list[str] | None = None,
+    out_root: str | Path | None = None,
+) -> list[Path]:
+    """Run a sweep file (``configs/sweeps/*.yaml``) as written; returns every run directory."""
+    return run_spec(load_sweep_file(path), out_root, processes, extra_overrides)
+
+
+def sweep_spec(
+    config_path: str | Path, grid: dict[str, list[Any]], seeds: list[int] | None = None
+) -> SweepSpec:
+    """The sweep described by a sweep file or a run config, crossed with ``grid`` and ``seeds``."""
+    if is_sweep_file(config_path):
+        spec = load_sweep_file(config_path)
+        if grid:
+            spec.variants = combine(spec.variants, grid)
+    else:
+        if not Path(config_path).is_file():
+            raise ConfigError(f"config file not found: {config_path}")
+        spec = SweepSpec(Path(config_path).stem, Path(config_path), [0], expand_grid(grid))
+    if seeds is not None:
+        if not seeds:
+            raise ConfigError("a sweep needs at least one seed")
+        spec.seeds = list(seeds)
+    return spec
+
+
 def _train_in_process(base: Path, item: PlannedRun) -> None:
-    from interlude.train import run
+    from interlude import train
 
     resume = (item.run_dir / "checkpoints" / "last.pt").exists()
     log.info("run %s seed %d%s", item.variant, item.seed, " (resuming)" if resume else "")
-    run(load_config(base, item.overrides), resume=resume, overwrite=True)
+    cfg = item.config if item.config is not None else load_config(base, item.overrides)
+    train.run(cfg, resume=resume, overwrite=True)
 
 
 def _train_in_subprocesses(base: Path, todo: list[PlannedRun], processes: int) -> None:
@@ -200,16 +308,8 @@ def _train_in_subprocesses(base: Path, todo: list[PlannedRun], processes: int) -
         raise InterludeError(f"{len(failed)} sweep run(s) failed: {'; '.join(failed)}")
 
 
-def run_sweep_cli(args) -> list[Path]:
+def run_sweep_cli(args: Any) -> list[Path]:
     """``interlude sweep CONFIG|SWEEP_FILE [key=value ...] [--grid k=v1,v2] [--seeds 0,1,2]``."""
-    grid = parse_grid(args.grid)
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    if is_sweep_file(args.config):
-        spec = load_sweep_file(args.config)
-        if grid:
-            spec.variants = combine(spec.variants, grid)
-        if seeds is not None:
-            spec.seeds = seeds
-    else:
-        spec = SweepSpec(Path(args.config).stem, Path(args.config), seeds or [0], expand_grid(grid))
-    return run_sweep(spec, args.out, args.processes, args.overrides)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
+    return run_sweep(args.config, parse_grid(args.grid), seeds, args.processes, args.overrides,
+                     args.out)
