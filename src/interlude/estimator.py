@@ -27,6 +27,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from interlude.config import Config, load_config
 from interlude.data.base import UNLABELED, ImageSet, RawDataset, SSLData
+from interlude.data.transforms import resize_images
 from interlude.inference import (
     ESTIMATOR_DATASET,
     Predictor,
@@ -34,7 +35,6 @@ from interlude.inference import (
     is_path_list,
     model_from_checkpoint,
     read_images,
-    resize_to,
     softmax,
     to_uint8_images,
 )
@@ -204,7 +204,7 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
         inputs = _FitInput(images, scale=scale, input_shape=tuple(images.shape[1:]),
                            n_features=int(np.prod(np.shape(X)[1:])))
         if self.resolution is not None:
-            inputs.images = resize_to(images, self.resolution, self.resolution)
+            inputs.images = resize_images(images, self.resolution)
         return inputs
 
     def _predict_images(self, X: Any) -> np.ndarray:
@@ -223,7 +223,7 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
                 f"X holds images of shape {tuple(images.shape[1:])} (C, H, W), but "
                 f"{type(self).__name__} was fitted on images of shape {self.input_shape_}"
             )
-        return resize_to(images, height, width)
+        return resize_images(images, (height, width))
 
     def _logits(self, X: Any) -> np.ndarray:
         check_is_fitted(self)

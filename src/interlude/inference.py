@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from interlude.data.transforms import resize_images
 from interlude.errors import CheckpointError, DataError
 
 MIN_SIDE = 4  # the augmentations need images of at least 3x3; the config floor is 4
@@ -54,21 +55,13 @@ def is_path_list(X: Any) -> bool:
 
 def read_image(path: str | os.PathLike, channels: int, height: int, width: int) -> np.ndarray:
     """One image file as uint8 ``(channels, height, width)``, decoded as the imagefolder loader."""
-    from PIL import Image, ImageOps
-
-    from interlude.data.folder import _to_luma, _to_rgb, decode_image
+    from interlude.data.folder import _to_luma, decode_image
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image not found: {path}")
     try:
-        if height == width:
-            rgb, _ = decode_image(path, height)
-        else:
-            with Image.open(path) as img:
-                img = _to_rgb(ImageOps.exif_transpose(img))
-            img = img.resize((width, height), Image.Resampling.BILINEAR)
-            rgb = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+        rgb, _ = decode_image(path, (height, width))
     except Exception as exc:  # PIL raises many types for damaged or non-image files
         raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None
     return _to_luma(rgb[None])[0] if channels == 1 else rgb
@@ -211,17 +204,6 @@ def _check_integer_range(images: np.ndarray) -> None:
         )
 
 
-def resize_to(images: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Antialiased bilinear resize of uint8 ``(N, C, H, W)`` (as ``data.resolution`` does)."""
-    if images.shape[2:] == (height, width):
-        return images
-    import torch.nn.functional as F
-
-    batch = torch.from_numpy(images).float()
-    resized = F.interpolate(batch, size=(height, width), mode="bilinear", antialias=True)
-    return resized.round().clamp(0, 255).to(torch.uint8).numpy()
-
-
 # ----------------------------------------------------------------------------- prediction
 @torch.no_grad()
 def batched_logits(
@@ -238,15 +220,14 @@ def batched_logits(
     mode, a TorchScript module or an ONNX session wrapper); the caller sets eval mode.
     """
     from interlude.data.augment import normalize, to_float
+    from interlude.train.evaluate import logits_in_batches
 
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
     std_t = torch.tensor(std, dtype=torch.float32, device=device)
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-        x = normalize(to_float(batch.to(device)), mean_t, std_t)
-        outputs.append(model(x).float().cpu())
-    return torch.cat(outputs).numpy() if outputs else np.empty((0, 0), np.float32)
+    logits = logits_in_batches(
+        model, images, lambda batch: normalize(to_float(batch), mean_t, std_t), batch_size, device
+    )
+    return logits.numpy() if len(logits) else np.empty((0, 0), np.float32)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -283,7 +264,7 @@ class Predictor:
             raise ValueError(
                 f"X has {images.shape[1]}-channel images but the model takes {channels} channel(s)"
             )
-        return resize_to(images, height, width)
+        return resize_images(images, (height, width))
 
     def logits(self, X: Any) -> np.ndarray:
         return batched_logits(

@@ -277,9 +277,9 @@ def _apply_round(out: Tensor, op: Tensor, mag: Tensor, sign: Tensor, apply: Tens
     for group_key, idx in zip(range(-1, len(OP_NAMES)), order.split(counts), strict=True):
         if group_key < 0 or idx.numel() == 0:
             continue
-        at = _to(idx, device)
-        group = _OPS[group_key](out.index_select(0, at), _to(op[idx], device),
-                                _to(mag[idx], device), sign[at], fill)
+        at = to_device(idx, device)
+        group = _OPS[group_key](out.index_select(0, at), to_device(op[idx], device),
+                                to_device(mag[idx], device), sign[at], fill)
         out.index_copy_(0, at, group)
 
 
@@ -317,8 +317,8 @@ def strong_augment(x: Tensor, generator: torch.Generator, n_ops: int = 2, prob: 
     _check(x)
     n = x.shape[0]
     ops, magnitudes, apply = sample_strong_plan(n, plan_generator or generator, n_ops, prob)
-    signs = _to(torch.where(_rand(generator, n, n_ops) < 0.5, -1, 1), x.device)
-    centres = _to(_rand(generator, n, 2), x.device)
+    signs = to_device(torch.where(_rand(generator, n, n_ops) < 0.5, -1, 1), x.device)
+    centres = to_device(_rand(generator, n, 2), x.device)
     out = x.clone(memory_format=torch.contiguous_format)
     if n == 0:
         return out
@@ -327,8 +327,11 @@ def strong_augment(x: Tensor, generator: torch.Generator, n_ops: int = 2, prob: 
     return _cutout(out, centres, cutout_fraction, fill)
 
 
-def _to(tensor: Tensor, device: torch.device) -> Tensor:
-    """Move to ``device``; host tensors go to CUDA through pinned memory without blocking."""
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """Move to ``device``; host tensors go to CUDA through pinned memory without blocking.
+
+    A plain ``.to("cuda")`` of pageable memory synchronises the stream, which would stall the
+    host once per step; the pinned copy is ordered on the stream instead."""
     if tensor.device == device:
         return tensor
     if tensor.device.type == "cpu" and device.type == "cuda":

@@ -140,15 +140,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(path: Path, size: int) -> tuple[np.ndarray, bool]:
-    """One file as RGB uint8 ``(3, size, size)`` and whether it is grayscale (by mode or by
-    identical channels, e.g. an X-ray saved as RGB). Raises OSError/ValueError if unreadable."""
+def decode_image(path: Path, size: int | tuple[int, int]) -> tuple[np.ndarray, bool]:
+    """One file as RGB uint8 ``(3, H, W)`` (``size`` = side, or (height, width)) and whether it is
+    grayscale (by mode or by identical channels, e.g. an X-ray saved as RGB). Raises
+    OSError/ValueError if unreadable."""
+    height, width = (size, size) if isinstance(size, int) else size
     with Image.open(path) as img:
         img = ImageOps.exif_transpose(img)  # phone photos: apply the stored rotation
         gray_mode = img.mode in _GRAY_MODES
         rgb = _to_rgb(img)
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    if rgb.size != (width, height):
+        rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
     array = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
     gray = gray_mode or bool((array[0] == array[1]).all() and (array[1] == array[2]).all())
     return array, gray

@@ -9,14 +9,17 @@ import torch.nn.functional as F
 from interlude.data.base import ImageSet, RawDataset
 
 
-def resize_images(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
-    """Resize uint8 (N, C, H, W) images to (N, C, size, size) with antialiased bilinear filtering."""
-    if images.shape[-2:] == (size, size):
+def resize_images(
+    images: np.ndarray, size: int | tuple[int, int], chunk: int = 4096
+) -> np.ndarray:
+    """Resize uint8 (N, C, H, W) images to ``size`` (side, or (height, width)), antialiased."""
+    height, width = (size, size) if isinstance(size, int) else size
+    if images.shape[-2:] == (height, width):
         return images
-    out = np.empty((len(images), images.shape[1], size, size), dtype=np.uint8)
+    out = np.empty((len(images), images.shape[1], height, width), dtype=np.uint8)
     for start in range(0, len(images), chunk):
         batch = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk])).float()
-        resized = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True)
+        resized = F.interpolate(batch, size=(height, width), mode="bilinear", antialias=True)
         out[start : start + chunk] = resized.round().clamp(0, 255).to(torch.uint8).numpy()
     return out
 

@@ -7,8 +7,6 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 from torch import nn
 
-from interlude.data.base import ImageSet
-
 
 def classification_metrics(
     labels: np.ndarray, predictions: np.ndarray, num_classes: int
@@ -27,6 +25,19 @@ def classification_metrics(
 
 
 @torch.no_grad()
+def logits_in_batches(model, images: np.ndarray, preprocess, batch_size: int, device) -> torch.Tensor:
+    """Logits ``(N, K)`` (float32, on CPU) of uint8 images ``(N, C, H, W)``, ``batch_size`` at a time.
+
+    ``model`` is anything that maps a preprocessed batch to logits (a module already in the mode
+    the caller wants, a TorchScript module, an ONNX session wrapper).
+    """
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        outputs.append(model(preprocess(batch.to(device))).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
 def predict_logits(
     model: nn.Module,
     images: np.ndarray,
@@ -37,22 +48,6 @@ def predict_logits(
     """Logits ``(N, K)`` (on CPU) of uint8 images ``(N, C, H, W)`` in eval mode."""
     was_training = model.training
     model.eval()
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-        outputs.append(model(preprocess(batch.to(device))).float().cpu())
+    logits = logits_in_batches(model, images, preprocess, batch_size, device)
     model.train(was_training)
-    return torch.cat(outputs) if outputs else torch.empty(0)
-
-
-def evaluate_model(
-    model: nn.Module,
-    images: ImageSet,
-    preprocess,
-    num_classes: int,
-    batch_size: int,
-    device: torch.device,
-) -> dict[str, object]:
-    logits = predict_logits(model, images.images, preprocess, batch_size, device)
-    predictions = logits.argmax(-1).numpy()
-    return classification_metrics(images.labels, predictions, num_classes)
+    return logits

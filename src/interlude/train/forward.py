@@ -18,24 +18,19 @@ import torch
 from torch import nn
 
 from interlude.algorithms.base import ViewLogits
-from interlude.data.augment import normalize, strong_augment, to_float, weak_augment
+from interlude.data.augment import (
+    normalize,
+    strong_augment,
+    to_device,
+    to_float,
+    weak_augment,
+)
 from interlude.data.base import ImageSet
 from interlude.data.layout import Layout
 from interlude.data.sampler import STREAM_AUGMENT, StepSampler, step_generator
 from interlude.train.workers import PairedViews, WorkerBatches
 
 DEVICE_RESIDENT_BYTES = 2 << 30  # image sets up to 2 GiB are copied to the device once
-
-
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host -> device copy that does not block the host on CUDA (pinned, ``non_blocking``).
-
-    A plain ``.to("cuda")`` of pageable memory synchronises the stream, which would stall the
-    host once per step; the pinned copy is ordered on the stream instead.
-    """
-    if device.type == "cuda" and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 class Preprocess:
@@ -72,10 +67,7 @@ class ImageStore:
         batch = torch.from_numpy(self.array[np.sort(indices.numpy())])
         # np.sort keeps memmap reads sequential; restore the requested order afterwards
         order = torch.argsort(torch.argsort(indices))
-        batch = batch[order]
-        if self.device.type == "cuda":
-            batch = batch.pin_memory()
-        return batch.to(self.device, non_blocking=True)
+        return to_device(batch[order], self.device)
 
 
 class BatchBuilder:
