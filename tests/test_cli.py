@@ -30,7 +30,8 @@ def test_config_show_prints_resolved_yaml(capsys):
 def test_config_keys_lists_documented_keys(capsys):
     assert main(["config", "keys"]) == 0
     out = capsys.readouterr().out
-    assert "algorithm.fusion_strength (float, default 0.1): Embedding fusion alpha" in out
+    assert "algorithm.fusion_strength (float; default 0.1; valid: [0, 1)): Embedding fusion" in out
+    assert "default per algorithm: freematch 0.001, interlude_plus 0.05" in out
 
 
 def test_train_subprocess_writes_run_dir(tmp_path, tiny_overrides):

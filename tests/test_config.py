@@ -49,9 +49,9 @@ def test_unknown_key_in_yaml_and_unknown_section(tmp_path):
         ("train.lr=fast", "expected a number"),
         ("train.progress=maybe", "expected true/false"),
         ("algorithm.layout=zigzag", "not one of interdigitated, blocked"),
-        ("algorithm.fusion_strength=1.5", "fusion_strength must be in"),
-        ("train.steps=0", "must be positive"),
-        ("algorithm.ema_p=1.0", "ema_p must be in"),
+        ("algorithm.fusion_strength=1.5", r"fusion_strength=1.5 is out of range: .* in \[0, 1\)"),
+        ("train.steps=0", "train.steps=0 is out of range: must be an integer >= 1"),
+        ("algorithm.ema_p=1.0", r"ema_p=1.0 is out of range: .* in \[0, 1\)"),
         ("steps", "must look like key=value"),
     ],
 )

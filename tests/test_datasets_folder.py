@@ -12,6 +12,7 @@ from PIL import Image
 
 from interlude.config import load_config
 from interlude.data import build_data, load_raw
+from interlude.data.folder import decode_image
 from interlude.errors import DataError
 
 CLASSES = ["cat", "dog", "owl"]
@@ -143,6 +144,110 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
     Image.fromarray(wide).save(tmp_path / "labeled" / "cat" / "0.png")
     data = build_data(_cfg(tmp_path))
     assert data.labeled.images[0, 0, 0, 0] == 100 and data.labeled.images[0, 0, 15, 0] == 255
+
+
+def _save_16bit(path: Path, values: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(values.astype(np.uint16))
+    assert img.mode == "I;16"
+    img.save(path)
+
+
+def _tiff12(path: Path, values: np.ndarray) -> None:
+    """A minimal little-endian 12-bit grayscale TIFF (one strip; two samples per 3 bytes, most
+    significant bits first), which Pillow opens as "I;16" holding 0..4095."""
+    import struct
+
+    h, w = values.shape
+    packed = bytearray()
+    for a, b in values.astype(np.uint32).reshape(-1, 2):
+        packed += bytes([a >> 4, ((a & 0xF) << 4) | (b >> 8), b & 0xFF])
+    # (tag, type 3 = SHORT / 4 = LONG, value): width, height, BitsPerSample 12, no compression,
+    # BlackIsZero, StripOffsets (after the IFD), SamplesPerPixel, RowsPerStrip, StripByteCounts
+    entries = [(256, 3, w), (257, 3, h), (258, 3, 12), (259, 3, 1), (262, 3, 1),
+               (273, 4, 8 + 2 + 12 * 9 + 4), (277, 3, 1), (278, 3, h), (279, 4, len(packed))]
+    out = bytearray(b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries)))
+    for tag, kind, value in entries:
+        out += struct.pack("<HHI", tag, kind, 1)
+        out += struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+    path.write_bytes(bytes(out + struct.pack("<I", 0) + packed))
+
+
+def test_sixteen_bit_scale_is_the_bit_depth_not_the_image_max(tmp_path):
+    """Two 16-bit PNGs with maxima 250 and 260 mean nearly the same brightness: both decode to
+    round(250 / 257) = round(260 / 257) = 1 (per-image scaling gave 250 and 1)."""
+    for peak in (250, 260):
+        values = np.zeros((4, 6), dtype=np.uint16)
+        values[:2] = peak
+        _save_16bit(tmp_path / f"p{peak}.png", values)
+        # Pillow opens 16-bit gray PNGs as "I;16" (older versions: "I"); both are 16-bit data
+        assert Image.open(tmp_path / f"p{peak}.png").mode in ("I;16", "I")
+        rgb, gray = decode_image(tmp_path / f"p{peak}.png", (4, 6))
+        assert gray and rgb.shape == (3, 4, 6)
+        assert (rgb[:, :2] == 1).all() and (rgb[:, 2:] == 0).all()
+    ramp = np.array([[0, 128, 129, 257 * 100, 65534, 65535]], dtype=np.uint16)
+    _save_16bit(tmp_path / "ramp.png", ramp)
+    rgb, _ = decode_image(tmp_path / "ramp.png", (1, 6))
+    # floor(v * 255 / 65535 + 0.5): 128 / 257 = 0.498 -> 0, 129 / 257 = 0.502 -> 1
+    assert rgb[0, 0].tolist() == [0, 0, 1, 100, 255, 255]
+
+
+def test_float_tiff_is_read_as_zero_to_one(tmp_path):
+    """Float TIFFs in [0, 1] (they used to turn black): v * 255, rounding half up, so 0.5 ->
+    127.5 -> 128; values outside [0, 1] clip and NaN becomes 0."""
+    values = np.array([[0.0, 0.25, 0.5, 1.0, 1 / 255, 0.999], [-0.2, 1.5, np.nan, 0.2, 0.8, 0.6]],
+                      dtype=np.float32)
+    Image.fromarray(values).save(tmp_path / "f.tif")
+    assert Image.open(tmp_path / "f.tif").mode == "F"
+    rgb, gray = decode_image(tmp_path / "f.tif", (2, 6))
+    expected = [[0, 64, 128, 255, 1, 255], [0, 255, 0, 51, 204, 153]]  # 63.75 -> 64
+    assert gray and rgb[0].tolist() == expected and (rgb[1] == rgb[0]).all()
+
+
+def test_twelve_bit_tiff_and_32_bit_int_modes(tmp_path):
+    """A 12-bit TIFF declares BitsPerSample 12 and is scaled by 4095; mode "I" is taken as
+    16-bit data (values above 65535 clip)."""
+    _tiff12(tmp_path / "t12.tif", np.array([[0, 4095, 2048, 16], [1, 2, 4000, 4095]]))
+    img = Image.open(tmp_path / "t12.tif")
+    assert img.mode == "I;16" and np.asarray(img).max() == 4095
+    rgb, _ = decode_image(tmp_path / "t12.tif", (2, 4))
+    # floor(v * 255 / 4095 + 0.5): 2048 -> 127.56 -> 128, 16 -> 1.0 -> 1, 4000 -> 249.08 -> 249
+    assert rgb[0].tolist() == [[0, 255, 128, 1], [0, 0, 249, 255]]
+    wide = np.array([[0, 257 * 3, 65535, 70000]], dtype=np.int32)
+    Image.fromarray(wide).save(tmp_path / "i32.tif")
+    assert Image.open(tmp_path / "i32.tif").mode == "I"
+    rgb, _ = decode_image(tmp_path / "i32.tif", (1, 4))
+    assert rgb[0, 0].tolist() == [0, 3, 255, 255]
+
+
+def test_bit_depth_summary_is_logged_once_per_dataset(tmp_path, caplog):
+    make_folders(tmp_path, gray=True, mixed=False)  # 17 8-bit gray PNGs
+    for i, peak in enumerate((250, 260)):
+        values = np.full((16, 16), peak, dtype=np.uint16)
+        _save_16bit(tmp_path / "unlabeled" / "a" / f"wide{i}.png", values)
+    with caplog.at_level(logging.INFO, logger="interlude"):
+        data = build_data(_cfg(tmp_path))
+    summaries = [r.getMessage() for r in caplog.records if "decoded 19 images" in r.getMessage()]
+    mode = Image.open(tmp_path / "unlabeled" / "a" / "wide0.png").mode  # "I;16" ("I": old PIL)
+    assert summaries == [f"decoded 19 images: 17 8-bit gray, 2 16-bit gray [{mode}] (x 1/257)"]
+    wide_rows = [i for i, im in enumerate(data.unlabeled.images) if (im[0] == 1).all()]
+    assert len(wide_rows) == 2  # both 16-bit files decode to the same level, 1
+    # every 16-bit file stays below 4096: a warning suggests they may be 12-bit data
+    assert "no 16-bit image exceeds 4095" in caplog.text
+    notes = load_raw(_cfg(tmp_path)).notes
+    assert any(n.startswith("decoded 19 images") for n in notes)
+
+
+def test_clipped_float_values_are_reported(tmp_path, caplog):
+    make_folders(tmp_path, mixed=False)
+    (tmp_path / "unlabeled" / "a").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((16, 16), 3.0, dtype=np.float32)).save(
+        tmp_path / "unlabeled" / "a" / "hot.tif")
+    with caplog.at_level(logging.INFO, logger="interlude"):
+        build_data(_cfg(tmp_path))
+    assert "17 8-bit RGB, 1 float gray [F] (0..1 x 255)" in caplog.text
+    assert "clipped in 1 float gray [F]" in caplog.text
+    assert "16-bit image exceeds" not in caplog.text
 
 
 def test_tmed2_fixed_classes_resolution_and_no_normalisation(tmp_path):

@@ -107,7 +107,7 @@ def test_params_roundtrip():
 
 def test_bad_config_value_names_the_key(digits):
     X, _, y_semi = digits
-    with pytest.raises(ValueError, match="train.lr must be positive"):
+    with pytest.raises(ValueError, match=r"train.lr=-1.0 is out of range"):
         InterLUDEClassifier(**{**TINY, "lr": -1.0}).fit(X, y_semi)
     with pytest.raises(ValueError, match="unknown config key 'algorithm.tresh'"):
         InterLUDEClassifier(**TINY, config={"algorithm.tresh": 0.9}).fit(X, y_semi)
@@ -170,15 +170,15 @@ def test_failed_fit_leaves_fitted_model_untouched(fitted, digits):
 def test_warm_start_continues_from_current_weights(digits):
     X, _, y_semi = digits
     clf = InterLUDEClassifier(**{**TINY, "steps": 3}, warm_start=True).fit(X, y_semi)
-    first = {k: v.clone() for k, v in clf.checkpoint_["model"].items()}
+    first = {k: v.clone() for k, v in clf.checkpoint_.model.items()}
     clf.fit(X, y_semi)
     assert clf.n_iter_ == 6
     cold = InterLUDEClassifier(**{**TINY, "steps": 3}).fit(X, y_semi)
     assert cold.n_iter_ == 3
-    for key, value in cold.checkpoint_["model"].items():  # a cold refit starts over, warm does not
+    for key, value in cold.checkpoint_.model.items():  # a cold refit starts over, warm does not
         if value.is_floating_point():
             assert key in first and np.allclose(value, first[key])
-    assert any(not np.allclose(v, first[k]) for k, v in clf.checkpoint_["model"].items()
+    assert any(not np.allclose(v, first[k]) for k, v in clf.checkpoint_.model.items()
                if v.is_floating_point())
     with pytest.raises(ValueError, match="warm_start=True continues the fitted model"):
         clf.fit(X[:, :7, :7], y_semi)

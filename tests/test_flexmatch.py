@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interlude.algorithms import ViewLogits, build_algorithm
+from interlude.algorithms import Batch, ViewLogits, build_algorithm
 from interlude.algorithms.flexmatch import (
     class_learning_effect,
     flexible_thresholds,
@@ -42,10 +42,10 @@ def _logits(probs):
 def test_masking_then_memory_update():
     algo = build_algorithm(AlgorithmConfig(name="flexmatch"), 2, num_unlabeled=6)
     algo.selected_label.copy_(SELECTED)
-    algo.current_unlabeled_indices = torch.tensor([4, 5])
     uw = _logits([[0.5, 0.5 - 1e-6], [0.04, 0.96]])  # .5 >= .475 (class 0); .96 (class 1)
     logits = ViewLogits(lw=torch.zeros(1, 2), uw=uw, us=torch.zeros(2, 2))
-    _, metrics = algo.loss(logits, torch.tensor([0]), step=0)
+    batch = Batch(labels=torch.tensor([0]), unlabeled_indices=torch.tensor([4, 5]))
+    _, metrics = algo.loss(logits, batch, step=0)
     assert metrics["mask_rate"].item() == 1.0
     # only the confident (>= .95) image 5 is remembered, as class 1
     assert algo.selected_label.tolist() == [-1, 0, 0, 1, -1, 1]
@@ -75,8 +75,8 @@ def test_state_dict_round_trip_gives_identical_outputs():
     labels = torch.tensor([0, 1])
     outputs = []
     for algo in (first, second):
-        algo.current_unlabeled_indices = torch.tensor([0, 2, 4, 5])
-        loss, metrics = algo.loss(logits, labels, step=0)
+        batch = Batch(labels=labels, unlabeled_indices=torch.tensor([0, 2, 4, 5]))
+        loss, metrics = algo.loss(logits, batch, step=0)
         outputs.append((loss, metrics["threshold"], algo.selected_label.clone()))
     for a, b in zip(*outputs, strict=True):
         assert torch.equal(a, b)
@@ -85,5 +85,5 @@ def test_state_dict_round_trip_gives_identical_outputs():
 def test_no_indices_is_a_clear_error():
     algo = build_algorithm(AlgorithmConfig(name="flexmatch"), 2, num_unlabeled=6)
     logits = ViewLogits(lw=torch.zeros(1, 2), uw=torch.zeros(2, 2), us=torch.zeros(2, 2))
-    with pytest.raises(RuntimeError, match="unlabeled indices"):
-        algo.loss(logits, torch.tensor([0]), step=0)
+    with pytest.raises(ValueError, match="unlabeled indices"):
+        algo.loss(logits, Batch(labels=torch.tensor([0])), step=0)

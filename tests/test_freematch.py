@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interlude.algorithms import ViewLogits, build_algorithm
+from interlude.algorithms import Batch, ViewLogits, build_algorithm
 from interlude.algorithms.freematch import fairness_loss, freematch_update, self_adaptive_mask
 from interlude.config import AlgorithmConfig
 
@@ -39,7 +39,7 @@ def test_self_adaptive_mask_uses_class_scaled_threshold():
 def test_algorithm_updates_state_before_masking():
     algo = build_algorithm(AlgorithmConfig(name="freematch", ema_p=0.9), num_classes=3)
     logits = ViewLogits(lw=torch.zeros(1, 3), uw=PROBS.log(), us=torch.zeros(3, 3))
-    _, metrics = algo.loss(logits, torch.tensor([0]), step=0)
+    _, metrics = algo.loss(logits, Batch(labels=torch.tensor([0])), step=0)
     assert algo.global_confidence.item() == pytest.approx(0.3513333, abs=1e-6)
     assert metrics["mask_rate"].item() == pytest.approx(2 / 3)
 
@@ -69,7 +69,7 @@ def test_empty_mask_whole_loss_is_finite(name):
     us = torch.randn(3, 3, requires_grad=True)
     lw = torch.randn(1, 3, requires_grad=True)
     logits = ViewLogits(lw=lw, uw=PROBS.log(), ls=torch.randn(1, 3), us=us)
-    loss, metrics = algo.loss(logits, torch.tensor([0]), step=0)
+    loss, metrics = algo.loss(logits, Batch(labels=torch.tensor([0])), step=0)
     loss.backward()
     assert metrics["mask_rate"].item() == 0.0 and metrics["loss_fair"].item() == 0.0
     assert torch.isfinite(loss) and torch.isfinite(us.grad).all() and torch.isfinite(lw.grad).all()
@@ -82,11 +82,11 @@ def test_state_dict_round_trip_restores_thresholds(name):
     logits = ViewLogits(lw=torch.zeros(1, 3), uw=PROBS.log(), ls=torch.zeros(1, 3),
                         us=torch.randn(3, 3))
     for _ in range(3):
-        first.loss(logits, torch.tensor([0]), step=0)
+        first.loss(logits, Batch(labels=torch.tensor([0])), step=0)
     second.load_state_dict(first.state_dict())
     assert torch.equal(first.global_confidence, second.global_confidence)
-    loss_a, _ = first.loss(logits, torch.tensor([0]), step=3)
-    loss_b, _ = second.loss(logits, torch.tensor([0]), step=3)
+    loss_a, _ = first.loss(logits, Batch(labels=torch.tensor([0])), step=3)
+    loss_b, _ = second.loss(logits, Batch(labels=torch.tensor([0])), step=3)
     assert torch.equal(loss_a, loss_b)
 
 
@@ -95,5 +95,5 @@ def test_interlude_plus_adds_dc_and_fusion():
     assert algo.views == ("lw", "uw", "ls", "us") and algo.fusion_strength == 0.1
     logits = ViewLogits(lw=torch.randn(1, 3), uw=torch.randn(3, 3), ls=torch.randn(1, 3),
                         us=torch.randn(3, 3))
-    _, metrics = algo.loss(logits, torch.tensor([0]), step=0)
+    _, metrics = algo.loss(logits, Batch(labels=torch.tensor([0])), step=0)
     assert {"loss_dc", "loss_fair", "loss_unsup", "mask_rate"} <= set(metrics)

@@ -133,7 +133,7 @@ def test_device_augmentation_plans_ops_on_the_host(tmp_path, monkeypatch):
     """Grouping a batch by RandAugment op needs the group sizes on the host; the op plan must
     therefore come from a CPU generator, so that on CUDA no device value is read (no sync)."""
     from interlude.data import augment
-    from interlude.train import forward
+    from interlude.train import input_pipeline
 
     trainer = _trainer(tmp_path, "algorithm.name=fixmatch")
     seen = []
@@ -143,7 +143,7 @@ def test_device_augmentation_plans_ops_on_the_host(tmp_path, monkeypatch):
         seen.append(plan_generator)
         return original(x, generator, *args, plan_generator=plan_generator, **kwargs)
 
-    monkeypatch.setattr(forward, "strong_augment", spy)
+    monkeypatch.setattr(input_pipeline, "strong_augment", spy)
     trainer.train_step(0)
     assert seen and all(g is not None and g.device.type == "cpu" for g in seen)
 
@@ -153,8 +153,8 @@ def test_recorder_catches_a_host_read(tmp_path, monkeypatch):
     trainer = _trainer(tmp_path, "algorithm.name=supervised")
     original = type(trainer.algorithm).loss
 
-    def loss_with_item(self, logits, labels, step):
-        loss, metrics = original(self, logits, labels, step)
+    def loss_with_item(self, logits, batch, step):
+        loss, metrics = original(self, logits, batch, step)
         metrics["bad"] = torch.tensor(loss.item())
         return loss, metrics
 
@@ -270,7 +270,7 @@ def test_compile_flag_trains_like_eager(tmp_path, monkeypatch):
         compiled.train_step(step)
         eager.train_step(step)
     for (key, a), b in zip(
-        compiled.state_dict()["model"].items(), eager.state_dict()["model"].values(), strict=True
+        compiled.checkpoint().model.items(), eager.checkpoint().model.values(), strict=True
     ):
         assert not key.startswith("_orig_mod"), "checkpoints hold the plain module"
         assert torch.allclose(a, b, atol=1e-4), key

@@ -101,4 +101,29 @@ def test_supervised_loss_with_class_weights():
     labels = torch.tensor([0, 1])
     assert supervised_loss(logits, labels).item() == pytest.approx(math.log(2))
     weighted = supervised_loss(logits, labels, torch.tensor([0.25, 0.75]))
-    assert weighted.item() == pytest.approx((0.25 + 0.75) * math.log(2) / 2)
+    # weighted mean sum(w_y * ce) / sum(w_y) (F.cross_entropy(weight=w)): equal CEs stay ln 2
+    assert weighted.item() == pytest.approx((0.25 + 0.75) * math.log(2) / (0.25 + 0.75))
+
+
+def test_supervised_loss_class_weights_by_hand():
+    logits = t([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 3.0]])
+    labels = torch.tensor([0, 1, 0, 0])
+    w = [0.2, 0.8]
+    # ce = -log softmax(z)[y] = log(1 + exp(z_other - z_y)) for two classes
+    ce = [
+        math.log(1 + math.exp(-2.0)),
+        math.log(1 + math.exp(-1.0)),
+        math.log(2.0),
+        math.log(1 + math.exp(3.0)),
+    ]
+    wy = [w[0], w[1], w[0], w[0]]
+    expected = sum(a * b for a, b in zip(wy, ce, strict=True)) / sum(wy)
+    got = supervised_loss(logits, labels, torch.tensor(w))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # not the old sum / B convention
+    assert got.item() != pytest.approx(sum(a * b for a, b in zip(wy, ce, strict=True)) / 4)
+    # uniform weights of any scale give the plain mean
+    plain = sum(ce) / 4
+    assert supervised_loss(logits, labels).item() == pytest.approx(plain, rel=1e-6)
+    scaled = supervised_loss(logits, labels, torch.tensor([5.0, 5.0]))
+    assert scaled.item() == pytest.approx(plain, rel=1e-6)

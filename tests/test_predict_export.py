@@ -14,10 +14,10 @@ from sklearn.datasets import load_digits
 
 import interlude
 from interlude import InterLUDEClassifier
+from interlude.artifact import Checkpoint
 from interlude.cli import main
 from interlude.export import ExportError, export_run
-from interlude.inference import Predictor, model_from_checkpoint
-from interlude.train.checkpoint import load_checkpoint
+from interlude.inference import Predictor
 
 RUN_OVERRIDES = [
     "data.name=digits", "data.val_per_class=2", "model.width=8", "train.batch_size=8",
@@ -98,9 +98,9 @@ def test_predict_cli_writes_csv(run_dir, image_files, images, tmp_path):
     out = tmp_path / "preds.csv"
     assert main(["predict", str(run_dir), *image_files, "--out", str(out)]) == 0
     rows = list(csv.reader(out.open()))
-    assert rows[0] == ["path", "class", "probability", *(f"p_{c}" for c in range(10))]
+    assert rows[0] == ["path", "class", "probability", *(f"p_{c}" for c in range(10)), "error"]
     assert [r[0] for r in rows[1:]] == image_files
-    model = model_from_checkpoint(load_checkpoint(run_dir / "checkpoints" / "last.pt"))
+    model = Checkpoint.load(run_dir / "checkpoints" / "last.pt").build_model()
     reference = Predictor(
         model, np.array([str(c) for c in range(10)]), (1, 8, 8),
         *_norm(run_dir),
@@ -108,12 +108,13 @@ def test_predict_cli_writes_csv(run_dir, image_files, images, tmp_path):
     for row, probabilities in zip(rows[1:], reference, strict=True):
         assert row[1] == str(probabilities.argmax())
         assert float(row[2]) == pytest.approx(probabilities.max(), abs=1e-6)
-        np.testing.assert_allclose([float(p) for p in row[3:]], probabilities, atol=1e-6)
+        np.testing.assert_allclose([float(p) for p in row[3:-1]], probabilities, atol=1e-6)
+        assert row[-1] == ""
 
 
 def _norm(run_dir):
-    meta = load_checkpoint(run_dir / "checkpoints" / "last.pt")["meta"]
-    return tuple(meta["mean"]), tuple(meta["std"])
+    meta = Checkpoint.load(run_dir / "checkpoints" / "last.pt").meta
+    return meta.mean, meta.std
 
 
 def test_predict_cli_stdout_and_missing_file(run_dir, image_files, capsys):
@@ -128,16 +129,14 @@ def test_predict_cli_stdout_and_missing_file(run_dir, image_files, capsys):
 def test_export_matches_in_memory_ema_model(fitted, images, image_files, tmp_path, fmt):
     _require(FORMATS[fmt])
     path = export_run(fitted.run_dir_, fmt, str(tmp_path / fmt), "last")
-    loaded = interlude.load(path)
+    loaded = interlude.load(path, allow_code=fmt == "torchscript")
     sidecar = json.loads((tmp_path / fmt / "interlude.json").read_text())
     assert sidecar["weights"] == "ema" and sidecar["resolution"] == [8, 8]
     assert list(loaded.classes_) == [str(c) for c in fitted.classes_]
-    meta = fitted.checkpoint_["meta"]
-    assert loaded.mean == tuple(meta["mean"]) and loaded.std == tuple(meta["std"])
+    meta = fitted.checkpoint_.meta
+    assert loaded.mean == meta.mean and loaded.std == meta.std
     x = torch.from_numpy(images.astype(np.float32) / 255.0)
-    x = (x - torch.tensor(meta["mean"]).view(1, -1, 1, 1)) / torch.tensor(meta["std"]).view(
-        1, -1, 1, 1
-    )
+    x = (x - torch.tensor(meta.mean).view(1, -1, 1, 1)) / torch.tensor(meta.std).view(1, -1, 1, 1)
     with torch.no_grad():
         expected = fitted.model_(x)
         got = loaded.model(x)
@@ -162,7 +161,7 @@ def test_export_cli_default_folder_and_load_errors(run_dir, capsys, tmp_path):
 
 
 def test_estimator_export_method(fitted, images, tmp_path):
-    loaded = interlude.load(fitted.export(tmp_path / "ts", "torchscript"))
+    loaded = interlude.load(fitted.export(tmp_path / "ts", "torchscript"), allow_code=True)
     np.testing.assert_allclose(loaded.predict_proba(images), fitted.predict_proba(images),
                                atol=1e-5)
 

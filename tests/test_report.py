@@ -7,6 +7,7 @@ metrics.jsonl) so these tests stay fast and pin the run-dir format the report de
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,17 @@ import yaml
 
 from interlude.config import Config
 from interlude.errors import InterludeError
-from interlude.experiments.report import ReportError, write_report
+from interlude.experiments.report import (
+    ReportError,
+    Variant,
+    bar_ylim,
+    group_variants,
+    load_runs,
+    plot_bars,
+    plot_curves,
+    plot_sensitivity,
+    write_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -102,7 +113,24 @@ def test_table_labels_and_numbers(tmp_path: Path) -> None:
 def test_single_variant_labelled_by_algorithm_and_raw_model(tmp_path: Path) -> None:
     run = make_run(tmp_path, "r", 0.5, seed=3, model="raw")
     rows = table_rows(write_report([run], tmp_path / "out"))
-    assert rows == [["interlude", "3 (1)", "50.0 ± 0.0", "50.0 ± 0.0", "-", "-", "3: 50.0"]]
+    assert rows == [["interlude", "3 (1)", "50.0 ± -", "50.0 ± -", "-", "-", "3: 50.0"]]
+
+
+def test_one_seed_spread_is_a_dash_never_zero(tmp_path: Path) -> None:
+    """A single seed has no spread: '-', while several seeds give 'mean ± std' (even a 0.0 one)."""
+    dirs = [
+        make_run(tmp_path, "one/seed0", 0.965, seed=0, overrides={"algorithm.name": "fixmatch"}),
+        make_run(tmp_path, "two/seed0", 0.96, seed=0),
+        make_run(tmp_path, "two/seed1", 0.97, seed=1),
+        make_run(tmp_path, "same/seed0", 0.9, seed=0, overrides={"algorithm.name": "freematch"}),
+        make_run(tmp_path, "same/seed1", 0.9, seed=1, overrides={"algorithm.name": "freematch"}),
+    ]
+    report = write_report(dirs, tmp_path / "out")
+    one, two, same = table_rows(report)
+    assert one[1:3] == ["0 (1)", "96.5 ± -"]
+    assert two[1:3] == ["0, 1 (2)", "96.5 ± 0.7"]
+    assert same[1:3] == ["0, 1 (2)", "90.0 ± 0.0"]  # two equal seeds: a measured spread of zero
+    assert "`-` for the spread of a single seed" in report.read_text()
 
 
 def test_plots_written(tmp_path: Path) -> None:
@@ -125,6 +153,107 @@ def test_numeric_sweep_gives_sensitivity_plot(tmp_path: Path) -> None:
     rows = table_rows(write_report(runs, out))
     assert [r[0] for r in rows] == [f"algorithm.lambda_dc={v}" for v in (10.0, 0.1, 1.0)]
     assert (out / "sensitivity.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def variants_of(root: Path, top1: dict[str, list[float]], key: str = "algorithm.name") -> list[Variant]:
+    """Variants named by top1's keys (set as `key`), one run per listed top-1 (seeds 0, 1, ...)."""
+    value = str if key == "algorithm.name" else float
+    dirs = [
+        make_run(root, f"{name}/seed{s}", t, seed=s, overrides={key: value(name)})
+        for name, values in top1.items()
+        for s, t in enumerate(values)
+    ]
+    return group_variants(load_runs(dirs))
+
+
+def test_bar_ylim_cuts_the_axis_only_when_the_values_are_close() -> None:
+    bottom, top = bar_ylim(96.5, 96.7)
+    assert 90 < bottom < 96.5 and top > 96.7
+    assert bottom == round(bottom, 1)  # a round number, as written in the axis label
+    assert bar_ylim(60.0, 90.0)[0] == 0.0  # differences plain from 0: bars stay proportional
+    assert bar_ylim(0.2, 0.4)[0] == 0.0  # never below 0
+    assert bar_ylim(math.nan, math.nan) == (0.0, 100.0)  # no values at all
+
+
+def test_bar_plot_shows_small_differences_and_writes_the_values(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    variants = variants_of(tmp_path, {"fixmatch": [0.965], "interlude": [0.966, 0.968, 0.967]})
+    ax = plot_bars(variants).axes[0]
+    bottom, top = ax.get_ylim()
+    assert 90 < bottom < 96.5 and top > 96.8
+    assert "axis cut at" in ax.get_ylabel()
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["96.5 ± -", "96.7 ± 0.1"]
+    assert [t.xy[1] for t in ax.texts] == pytest.approx([96.5, 96.8])  # above the bar, error bar and dots
+    assert ax.containers[0].datavalues.tolist() == pytest.approx([96.5, 96.7])
+
+
+def test_bar_plot_starts_at_zero_for_large_differences(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    ax = plot_bars(variants_of(tmp_path, {"supervised": [0.6, 0.62], "interlude": [0.9, 0.92]})).axes[0]
+    assert ax.get_ylim()[0] == 0.0
+    assert ax.get_ylabel() == "last test top-1 (%)"
+
+
+def test_curves_draw_one_mean_line_and_band_per_variant(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.collections import PolyCollection
+
+    variants = variants_of(
+        tmp_path, {"fixmatch": [0.8, 0.9, 1.0], "interlude": [0.6, 0.7, 0.8], "supervised": [0.3, 0.4, 0.5]}
+    )
+    ax = plot_curves(variants).axes[0]
+    assert len(ax.lines) == 3  # one mean line per variant, not one per seed
+    assert [line.get_label() for line in ax.lines] == [f"{v.label} (3 seeds)" for v in variants]
+    assert ax.lines[0].get_ydata().tolist() == pytest.approx([45.0, 90.0])  # mean at steps 50, 100
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 3
+    assert bands[0].get_paths()[0].get_extents().y1 == pytest.approx(100.0)  # band = min..max of seeds
+    assert bands[0].get_paths()[0].get_extents().y0 == pytest.approx(40.0)
+    assert "band = min-max" in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [line.get_label() for line in ax.lines]
+
+
+def test_curves_of_single_seeds_have_no_band(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    ax = plot_curves(variants_of(tmp_path, {"fixmatch": [0.9], "interlude": [0.8]})).axes[0]
+    assert len(ax.lines) == 2
+    assert not ax.collections
+    assert "one seed per variant" in ax.get_title()
+
+
+def test_sensitivity_plot_mean_spread_and_swept_values(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    variants = variants_of(
+        tmp_path, {"10.0": [0.9, 0.92], "0.1": [0.8, 0.84], "1.0": [0.85, 0.85]}, key="algorithm.lambda_dc"
+    )
+    ax = plot_sensitivity(variants).axes[0]
+    assert ax.get_xlabel() == "algorithm.lambda_dc"
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "1.0", "10.0"]  # the swept values
+    mean_line = ax.containers[0].lines[0]  # the errorbar's line: means, sorted by the swept value
+    assert mean_line.get_ydata().tolist() == pytest.approx([82.0, 85.0, 91.0])
+    assert [t.get_text() for t in ax.texts] == ["82.0 ± 2.8", "85.0 ± 0.0", "91.0 ± 1.4"]
+    low, high = ax.get_ylim()
+    assert 70 < low < 80 and 92 < high < 100  # padded around the data, not from 0
+    assert plot_sensitivity(variants_of(tmp_path / "s", {"fixmatch": [0.9], "interlude": [0.8]})) is None
+
+
+def test_sensitivity_plot_of_single_seeds_has_no_error_bars(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    variants = variants_of(tmp_path, {"0.0": [0.8], "1.0": [0.9]}, key="algorithm.lambda_dc")
+    ax = plot_sensitivity(variants).axes[0]
+    assert ax.get_xscale() == "linear"  # 0 is swept: no log axis
+    assert [t.get_text() for t in ax.texts] == ["80.0 ± -", "90.0 ± -"]
+    assert error_bar_heights(ax.containers[0]) == []  # not a bar of height 0 ("± 0.0")
+    assert "one seed per value" in ax.get_legend().get_texts()[0].get_text()
+
+
+def error_bar_heights(container: Any) -> list[float]:
+    """Heights of the error bars an ``ax.errorbar`` container really draws."""
+    _, _, bar_collections = container.lines
+    segments = [seg for lc in bar_collections for seg in lc.get_segments() if len(seg)]
+    return [float(seg[:, 1].max() - seg[:, 1].min()) for seg in segments]
 
 
 def test_parent_folder_expands_and_skips_interrupted(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

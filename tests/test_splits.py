@@ -59,5 +59,5 @@ def test_split_file_reuse_and_missing_class(tmp_path):
     with pytest.raises(DataError, match="no image of class"):
         build_data(load_config(None, [f"data.split_file={path}"]).data)
     path.write_text("{not json")
-    with pytest.raises(DataError, match="not a split file"):
+    with pytest.raises(DataError, match="not valid JSON"):
         build_data(load_config(None, [f"data.split_file={path}"]).data)

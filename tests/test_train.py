@@ -11,12 +11,10 @@ from interlude.algorithms.supervised import Supervised
 from interlude.config import load_config
 from interlude.errors import CheckpointError, TrainingDiverged
 from interlude.train import run
-from interlude.train.checkpoint import load_checkpoint
 
 
 def checkpoint_tensors(run_dir):
-    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    return state
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
 
 
 @pytest.mark.parametrize(
@@ -24,11 +22,11 @@ def checkpoint_tensors(run_dir):
 )
 def test_resumed_run_equals_uninterrupted_run(tiny_overrides, algorithm):
     base = [*tiny_overrides, f"algorithm.name={algorithm}"]
-    whole = run(load_config(None, [*base, "train.run_name=whole"]))
+    whole = run(load_config(None, [*base, "train.run_name=whole"])).run_dir
     chunked_cfg = load_config(None, [*base, "train.run_name=chunked"])
     run(chunked_cfg, stop_after=6)
     assert not (whole.parent / "chunked" / "summary.json").exists()
-    chunked = run(chunked_cfg, resume=True)
+    chunked = run(chunked_cfg, resume=True).run_dir
 
     a, b = checkpoint_tensors(whole), checkpoint_tensors(chunked)
     assert a["step"] == b["step"] == 12
@@ -48,7 +46,7 @@ def test_small_run_learns(tmp_path):
         "train.mu=3", "train.eval_interval=150", "train.log_interval=50", "train.progress=false",
         "train.ema_decay=0.9", f"train.out_dir={tmp_path}",
     ]
-    run_dir = run(load_config(None, overrides))
+    run_dir = run(load_config(None, overrides)).run_dir
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["last"]["test/ema/top1"] > 0.6  # chance is 0.1
     train_rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
@@ -59,8 +57,8 @@ def test_small_run_learns(tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_overrides, monkeypatch):
     original = Supervised.loss
 
-    def poisoned(self, logits, labels, step):
-        loss, metrics = original(self, logits, labels, step)
+    def poisoned(self, logits, batch, step):
+        loss, metrics = original(self, logits, batch, step)
         return (loss * float("nan") if step >= 7 else loss), metrics
 
     monkeypatch.setattr(Supervised, "loss", poisoned)
@@ -69,14 +67,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_overrides, monkeypat
         run(cfg)
     from interlude.train import run_dir_for
 
-    state = load_checkpoint(run_dir_for(cfg) / "checkpoints" / "last.pt")
+    state = checkpoint_tensors(run_dir_for(cfg))
     assert state["step"] == 6
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 def test_corrupt_checkpoint_on_resume(tiny_overrides):
     cfg = load_config(None, [*tiny_overrides, "algorithm.name=supervised"])
-    run_dir = run(cfg, stop_after=3)
+    run_dir = run(cfg, stop_after=3).run_dir
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt"):
         run(cfg, resume=True)
@@ -101,14 +99,14 @@ def test_existing_run_is_not_overwritten_silently(tiny_overrides):
 
 def test_checkpoint_loads_with_weights_only(tiny_overrides):
     run_dir = run(load_config(None, [*tiny_overrides, "algorithm.name=supervised"]),
-                  stop_after=3)
+                  stop_after=3).run_dir
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 3 and "optimizer" in state and "rng" in state
 
 
 def test_selection_uses_validation_never_test(tiny_overrides):
     with_val = run(load_config(None, [*tiny_overrides, "algorithm.name=supervised",
-                                      "data.val_per_class=2", "train.run_name=val"]))
+                                      "data.val_per_class=2", "train.run_name=val"])).run_dir
     summary = json.loads((with_val / "summary.json").read_text())
     assert summary["selected_by"] == "val"
     best = summary["best"]
@@ -119,7 +117,7 @@ def test_selection_uses_validation_never_test(tiny_overrides):
     assert (with_val / "checkpoints" / "best.pt").is_file()
 
     without_val = run(load_config(None, [*tiny_overrides, "algorithm.name=supervised",
-                                         "train.run_name=noval"]))
+                                         "train.run_name=noval"])).run_dir
     summary = json.loads((without_val / "summary.json").read_text())
     assert summary["selected_by"] == "last" and summary["best"] is None
     assert not (without_val / "checkpoints" / "best.pt").exists()

@@ -1,7 +1,12 @@
 """Command line: ``interlude train|eval|config|sweep|report|predict|export``.
 
-Errors caused by the user (bad config, missing data, corrupt checkpoint) are printed as a single
-``error: ...`` line with exit status 2; anything else is a bug and keeps its traceback.
+Errors caused by the user (bad config, missing data, corrupt checkpoint, a busy run directory,
+a full disk) are printed as a single ``error: ...`` line; anything else is a bug and keeps its
+traceback. ``key=value`` overrides may stand anywhere among the options.
+
+Exit status: 0 done (or stopped by ``--stop-after``); 2 user error; 3 training diverged (NaN/inf;
+the last good checkpoint is kept); 128 + signal number when interrupted by a signal after a
+checkpoint was saved: 130 for SIGINT (Ctrl-C), 143 for SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from interlude.errors import InterludeError
+from interlude.errors import InterludeError, TrainingDiverged
 
 log = logging.getLogger("interlude")
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
 
 
 def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
@@ -32,16 +40,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config_path, overrides = _split_config_and_overrides(args.items)
     cfg = load_config(config_path, overrides)
-    run_dir = run(cfg, resume=args.resume, stop_after=args.stop_after, overwrite=args.overwrite)
+    result = run(cfg, resume=args.resume, stop_after=args.stop_after, overwrite=args.overwrite)
+    status = 128 + result.stop_signal if result.stop_signal is not None else 0
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
-        return 0
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        print(_format_summary(json.loads(summary_path.read_text()), run_dir))
+        return status
+    if result.finished:
+        print(_format_summary(result.summary, result.run_dir))
     else:
-        print(f"stopped before the end; continue with: interlude train {' '.join(args.items)} "
-              "--resume")
-    return 0
+        print(f"stopped at step {result.summary['steps']} ({result.stop_reason}); continue with: "
+              f"interlude train {' '.join(args.items)} --resume")
+    return status
 
 
 def _format_summary(summary: dict, run_dir: Path) -> str:
@@ -80,13 +88,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from interlude.config import config_reference_markdown, field_docs, load_config
+    from interlude.config import config_reference_markdown, field_docs, load_config, schema
 
     if args.action == "keys":
-        print(config_reference_markdown() if args.markdown else "\n".join(
-            f"{key} ({tp}, default {default!r}): {doc}"
-            for key, (tp, default, doc) in field_docs().items()
-        ))
+        if args.markdown:
+            print(config_reference_markdown())
+            return 0
+        lines = []
+        for key, (tp, _, doc) in field_docs().items():
+            spec = schema()[key]
+            default = (f"default per algorithm: {spec.default_text()}" if spec.per_algorithm
+                       else f"default {spec.default_text()}")
+            facts = [spec.kind if spec.per_algorithm else tp, default]
+            if spec.valid:
+                facts.append(f"valid: {spec.valid}")
+            if spec.bookkeeping:
+                facts.append("bookkeeping")
+            lines.append(f"{key} ({'; '.join(facts)}): {' '.join(doc.split())}")
+        print("\n".join(lines))
         return 0
     config_path, overrides = _split_config_and_overrides(args.items)
     print(load_config(config_path, overrides).to_yaml(), end="")
@@ -122,13 +141,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see: {self.prog} --help)\n")
+
+
+def _positive_step(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a step number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="interlude",
         description="Semi-supervised image classification with InterLUDE and its baselines.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a model: interlude train CONFIG [key=value ...]")
     train.add_argument("items", nargs="*", metavar="CONFIG|key=value",
@@ -137,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run from its checkpoints/last.pt")
     train.add_argument("--overwrite", action="store_true",
                        help="start over even if the run dir holds a run")
-    train.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+    train.add_argument("--stop-after", type=_positive_step, default=None, metavar="STEP",
                        help="stop (with a checkpoint) at this step; continue later with --resume")
     train.set_defaults(func=cmd_train)
 
@@ -171,10 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="report")
     report.set_defaults(func=cmd_report)
 
-    predict = sub.add_parser("predict", help="classify image files with a trained run")
+    predict = sub.add_parser("predict", help="classify image files (and folders) with a trained run")
     predict.add_argument("run_dir")
-    predict.add_argument("images", nargs="+")
-    predict.add_argument("--out", default=None, help="CSV file (default: print to stdout)")
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                         help="image files, or folders searched recursively for images")
+    predict.add_argument("--out", default=None,
+                         help="CSV file, or a folder to write predictions.csv in (default: stdout)")
     predict.add_argument("--checkpoint", choices=["last", "best"], default="last")
     predict.add_argument("--batch-size", type=int, default=256)
     predict.set_defaults(func=cmd_predict)
@@ -189,8 +227,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# subcommand -> the attribute that collects its `key=value` overrides
+_OVERRIDES_INTO = {"train": "items", "config": "items", "sweep": "overrides"}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse, letting ``key=value`` overrides stand after options too
+    (``interlude train cfg.yaml --overwrite train.steps=5``)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    target = _OVERRIDES_INTO.get(args.command)
+    stray = [item for item in extra if target is None or item.startswith("-") or "=" not in item]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        setattr(args, target, [*getattr(args, target), *extra])
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
@@ -198,12 +254,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
+    except TrainingDiverged as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_DIVERGED
     except InterludeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # disk full, permissions, a folder where a file was expected
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":

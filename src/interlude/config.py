@@ -5,14 +5,25 @@ overrides such as ``train.steps=500`` or ``algorithm.name=fixmatch``; a bare key
 accepted when it names exactly one field. Unknown keys and values of the wrong type are rejected
 with a :class:`~interlude.errors.ConfigError` that lists the valid keys, because a silently ignored
 typo in an ML config costs a whole training run.
+
+The schema lives in the dataclass fields: :func:`setting` attaches each key's valid range
+(numbers), its choices or format (strings) and whether it is *bookkeeping* (changes where or how a
+run executes, not what it computes). :func:`validate` checks every key against it, so an
+out-of-range value fails with one line naming the key, the value and the valid range.
+:data:`ALGORITHM_DEFAULTS` holds the keys whose default depends on ``algorithm.name``, and
+:func:`diff` compares two configs key by key (resume, sweeps and reports use it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
+import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -21,6 +32,105 @@ import yaml
 
 from interlude.errors import ConfigError
 
+SEED_MAX = 2**63 - 1
+"""Largest seed: torch and numpy generators take 64-bit seeds."""
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N (N = GPU index) or mps"
+
+
+@dataclass(frozen=True)
+class Range:
+    """Valid interval of a numeric key; ``None`` leaves that side open. Floats must be finite."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
+
+    def __str__(self) -> str:
+        """``> 0``, ``>= 1``, ``[0, 1)``, ``(0, 1]`` ..."""
+        low = (f"[{_number_text(self.ge)}" if self.ge is not None
+               else f"({_number_text(self.gt)}" if self.gt is not None else None)
+        high = (f"{_number_text(self.le)}]" if self.le is not None
+                else f"{_number_text(self.lt)})" if self.lt is not None else None)
+        if low and high:
+            return f"{low}, {high}"
+        if low:
+            return f"{'>=' if low[0] == '[' else '>'} {low[1:]}"
+        if high:
+            return f"{'<=' if high[-1] == ']' else '<'} {high[:-1]}"
+        return "any"
+
+    def phrase(self) -> str:
+        """``> 0`` or ``in [0, 1)``: what follows "must be a number" in an error message."""
+        text = str(self)
+        return f"in {text}" if text[0] in "[(" else text
+
+
+def _number_text(value: float) -> str:
+    if isinstance(value, int) and value >= 2**31 and (value + 1) & value == 0:
+        return f"2**{(value + 1).bit_length() - 1}-1"  # 2**63-1 rather than 19 digits
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def setting(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    bookkeeping: bool = False,
+    choices: tuple[str, ...] | None = None,
+    pattern: tuple[re.Pattern[str], str] | None = None,
+) -> Any:
+    """A config field carrying its schema in ``dataclasses.field(metadata=...)``.
+
+    ``ge``/``gt``/``le``/``lt``: valid range of a number (of every item of a ``list[int]``; None is
+    always accepted where the type allows it). ``bookkeeping``: the key does not change what is
+    computed (logging, paths, device, threads), so a resumed run, a sweep or a report may ignore
+    it. ``choices``: the strings accepted. ``pattern``: ``(regex, description)`` a string must match
+    as a whole. Write the key's description as a docstring on the line below (see
+    :func:`field_docs`).
+    """
+    bounds = None
+    if any(b is not None for b in (ge, gt, le, lt)):
+        bounds = Range(ge, gt, le, lt)
+    metadata = {"range": bounds, "bookkeeping": bookkeeping, "choices": choices,
+                "pattern": pattern}
+    return field(default=default, metadata=metadata)
+
+
+# Keys whose default depends on algorithm.name; "*" applies to every algorithm not listed. Their
+# field default is None ("per algorithm"), resolved when a config is built (load_config,
+# config_from_dict, AlgorithmConfig(...)), so a saved config.yaml holds the concrete value.
+ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "*": {"lambda_ent": 0.05},  # unused by algorithms without a fairness term
+    "freematch": {"lambda_ent": 0.001},  # USB's FreeMatch configs
+    "interlude_plus": {"lambda_ent": 0.05},  # InterLUDE+ (Huang et al.)
+}
+
+ALGORITHM_NAMES = ("supervised", "fixmatch", "interlude", "freematch", "flexmatch",
+                   "interlude_plus")
+
+
+def algorithm_default(algorithm: str, name: str) -> Any:
+    """Default of the per-algorithm key ``algorithm.<name>`` for ``algorithm``."""
+    return ALGORITHM_DEFAULTS.get(algorithm, {}).get(name, ALGORITHM_DEFAULTS["*"][name])
+
 
 @dataclass
 class DataConfig:
@@ -28,19 +138,19 @@ class DataConfig:
 
     name: str = "digits"
     """Dataset: digits, mnist5k, cifar10, cifar100, stl10, svhn, imagefolder, tmed2."""
-    data_dir: str = "data"
+    data_dir: str = setting("data", bookkeeping=True)
     """Folder holding the dataset files (standard benchmarks)."""
-    download: bool = False
+    download: bool = setting(False, bookkeeping=True)
     """Download standard datasets with torchvision when they are missing (needs the `vision` extra)."""
-    labels_per_class: int = 4
+    labels_per_class: int = setting(4, ge=1)
     """Labeled images per class drawn from the training pool (class-balanced)."""
-    data_seed: int = 0
+    data_seed: int = setting(0, ge=0, le=SEED_MAX)
     """Seed of the labeled/unlabeled/validation split; independent of `train.seed`."""
-    val_per_class: int = 0
+    val_per_class: int = setting(0, ge=0)
     """Images per class held out of the training pool as a validation set (0 = none)."""
     split_file: str | None = None
     """Reuse the split saved by an earlier run (its `split.json`) instead of drawing one."""
-    resolution: int | None = None
+    resolution: int | None = setting(None, ge=4)
     """Square image size fed to the network; None = native size (imagefolder 32, tmed2 112)."""
     hflip: bool | None = None
     """Random horizontal flip in the weak view; None uses the dataset default (off for digits)."""
@@ -54,9 +164,9 @@ class DataConfig:
     """imagefolder: optional labeled test folder."""
     grayscale: bool | None = None
     """imagefolder: force 1-channel (True) or 3-channel (False) images; None infers from the files."""
-    labeled_classes: list[int] | None = None
+    labeled_classes: list[int] | None = setting(None, ge=0)
     """Open-set: classes kept for the labeled/test sets (None = all classes)."""
-    outlier_ratio: float = 0.0
+    outlier_ratio: float = setting(0.0, ge=0, lt=1)
     """Open-set: fraction of the unlabeled pool drawn from classes outside `labeled_classes`."""
     class_weighted_loss: bool = False
     """Weight the supervised CE by the normalised inverse labeled class frequency (TMED style)."""
@@ -70,9 +180,9 @@ class ModelConfig:
 
     arch: str = "auto"
     """small_cnn, wrn28_2, wrn28_8, wrn37_2, vit_tiny|small|base; auto picks by dataset."""
-    fusion_layer: int = -1
+    fusion_layer: int = setting(-1, ge=-1)
     """Index of the residual group *before* which embeddings are fused; -1 = before the last group."""
-    width: int = 32
+    width: int = setting(32, ge=1)
     """small_cnn: channels of the first conv block."""
     pretrained: str | None = None
     """Local weights file (timm-named state dict, .pt or .safetensors) for a ViT; never downloaded."""
@@ -82,63 +192,82 @@ class ModelConfig:
 class AlgorithmConfig:
     """Semi-supervised algorithm and its loss weights."""
 
-    name: str = "interlude"
-    """supervised, fixmatch, interlude, freematch, flexmatch, interlude_plus."""
-    lambda_u: float = 1.0
+    name: str = setting("interlude", choices=ALGORITHM_NAMES)
+    """Semi-supervised algorithm (InterLUDE, its baselines, or labeled data only)."""
+    lambda_u: float = setting(1.0, ge=0)
     """Weight of the unlabeled (pseudo-label) loss."""
-    threshold: float = 0.95
+    threshold: float = setting(0.95, gt=0, le=1)
     """FixMatch confidence threshold tau."""
-    temperature: float = 1.0
+    temperature: float = setting(1.0, gt=0)
     """Softmax temperature for pseudo-labels."""
-    lambda_dc: float = 1.0
+    lambda_dc: float = setting(1.0, ge=0)
     """Weight of the delta-consistency loss (0 = off)."""
     dc_variant: Literal["avg", "cd", "cd_authors"] = "avg"
     """DC loss: `avg` over all paired unlabeled; `cd` only over those whose pseudo-label equals the
     label (per-row mask); `cd_authors` reproduces the authors' scalar-scaled cd."""
-    fusion_strength: float = 0.1
+    fusion_strength: float = setting(0.1, ge=0, lt=1)
     """Embedding fusion alpha (0 = off)."""
     fusion_at_eval: bool = False
     """Reproduce the authors' code, which also fuses at evaluation (predictions then depend on batch)."""
     layout: Literal["interdigitated", "blocked"] = "interdigitated"
     """Batch order: per labeled item [lw, its uw, ls, its us], or all labeled then all unlabeled."""
-    ema_p: float = 0.999
+    ema_p: float = setting(0.999, ge=0, lt=1)
     """FreeMatch/InterLUDE+: decay of the self-adaptive threshold statistics."""
-    lambda_ent: float = 0.05
-    """FreeMatch/InterLUDE+: weight of the self-adaptive fairness term."""
+    lambda_ent: float | None = setting(None, ge=0)
+    """FreeMatch/InterLUDE+: weight of the self-adaptive fairness term (USB's FreeMatch configs use
+    0.001, InterLUDE+ 0.05)."""
     flex_warmup: bool = True
     """FlexMatch: threshold warm-up (count unused samples as a class)."""
+
+    def __post_init__(self) -> None:
+        resolve_algorithm_defaults(self)
+
+
+def resolve_algorithm_defaults(algorithm: AlgorithmConfig) -> None:
+    """Replace each per-algorithm key left at None by its default for ``algorithm.name``."""
+    for name in ALGORITHM_DEFAULTS["*"]:
+        if getattr(algorithm, name) is None:
+            setattr(algorithm, name, algorithm_default(algorithm.name, name))
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, schedule, evaluation and bookkeeping."""
 
-    steps: int = 2000
+    steps: int = setting(2000, ge=1)
     """Total optimisation steps (the cosine schedule spans exactly these)."""
-    batch_size: int = 16
+    batch_size: int = setting(16, ge=1)
     """Labeled images per step (global batch across all ranks)."""
-    mu: int = 7
-    """Unlabeled images per labeled image."""
-    lr: float = 0.03
-    momentum: float = 0.9
+    mu: int = setting(7, ge=0)
+    """Unlabeled images per labeled image (0 only for `algorithm.name: supervised`)."""
+    lr: float = setting(0.03, gt=0)
+    """Peak learning rate (per optimizer step; the schedule scales it down)."""
+    momentum: float = setting(0.9, ge=0, lt=1)
+    """SGD momentum."""
     nesterov: bool = True
-    weight_decay: float = 5e-4
+    """SGD Nesterov momentum (needs `momentum` > 0)."""
+    weight_decay: float = setting(5e-4, ge=0)
     """Applied to conv/linear weights only, never to BatchNorm parameters or biases."""
-    cosine_cycles: float = 7.0 / 16.0
+    cosine_cycles: float = setting(7.0 / 16.0, ge=0)
     """LR factor is cos(pi * cosine_cycles * step / steps), floored at 0."""
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    layer_decay: float = 1.0
+    """SGD (CNNs, as the papers) or AdamW (ViTs)."""
+    layer_decay: float = setting(1.0, gt=0, le=1)
     """AdamW/ViT: layer-wise lr decay factor (1 = off)."""
-    ema_decay: float = 0.999
+    ema_decay: float = setting(0.999, ge=0, lt=1)
     """EMA of the weights used for evaluation (0 = evaluate the raw model only)."""
-    seed: int = 0
+    seed: int = setting(0, ge=0, le=SEED_MAX)
     """Training seed: initialisation, sampling and augmentation; independent of `data.data_seed`."""
-    eval_interval: int = 500
-    log_interval: int = 50
-    checkpoint_interval: int = 500
-    eval_batch_size: int = 256
-    device: str = "auto"
-    """auto, cpu, cuda, cuda:1 ..."""
+    eval_interval: int = setting(500, ge=1, bookkeeping=True)
+    """Evaluate (and maybe select the best checkpoint) every this many steps."""
+    log_interval: int = setting(50, ge=1, bookkeeping=True)
+    """Log training metrics every this many steps."""
+    checkpoint_interval: int = setting(500, ge=1, bookkeeping=True)
+    """Save `checkpoints/last.pt` every this many steps."""
+    eval_batch_size: int = setting(256, ge=1, bookkeeping=True)
+    """Images per forward pass when evaluating."""
+    device: str = setting("auto", bookkeeping=True, pattern=(DEVICE_PATTERN, DEVICE_FORMS))
+    """Training device; auto = CUDA when available, else CPU."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocast (CUDA); fp32 everywhere else."""
     channels_last: bool = True
@@ -147,19 +276,21 @@ class TrainConfig:
     """Wrap the model in torch.compile."""
     augment_on: Literal["device", "workers"] = "device"
     """Batched augmentation on the training device, or per-image in DataLoader workers."""
-    num_workers: int = 2
+    num_workers: int = setting(2, ge=0, bookkeeping=True)
     """DataLoader workers when `augment_on: workers`."""
-    out_dir: str = "runs"
-    run_name: str | None = None
+    out_dir: str = setting("runs", bookkeeping=True)
+    """Folder holding run folders."""
+    run_name: str | None = setting(None, bookkeeping=True)
     """Run folder name under `out_dir`; default `<dataset>-<algorithm>-s<seed>`."""
-    tensorboard: bool = False
-    progress: bool = True
+    tensorboard: bool = setting(False, bookkeeping=True)
+    """Also write TensorBoard event files."""
+    progress: bool = setting(True, bookkeeping=True)
     """Show a progress bar."""
     select_on: Literal["val", "last"] = "val"
     """Best checkpoint chosen on the validation set when there is one; never on test."""
     sync_bn: bool = False
     """Convert BatchNorm to SyncBatchNorm under DDP."""
-    threads: int = 0
+    threads: int = setting(0, ge=0, bookkeeping=True)
     """torch CPU threads (0 = torch default)."""
 
 
@@ -196,7 +327,11 @@ def valid_keys() -> list[str]:
 
 
 def field_docs() -> dict[str, tuple[str, Any, str]]:
-    """Map dotted key -> (type name, default, one-line description), read from the source."""
+    """Map dotted key -> (type name, default, one-line description), read from the source.
+
+    The description is the string literal on the line below the field. The default is the
+    field's own (None for the per-algorithm keys of :data:`ALGORITHM_DEFAULTS`).
+    """
     import ast
     import inspect
 
@@ -214,24 +349,157 @@ def field_docs() -> dict[str, tuple[str, Any, str]]:
             ):
                 descriptions[prev.target.id] = str(node.value.value)
         hints = typing.get_type_hints(cls)
-        defaults = cls()
         for f in dataclasses.fields(cls):
             docs[f"{section}.{f.name}"] = (
                 _type_name(hints[f.name]),
-                getattr(defaults, f.name),
+                f.default,
                 descriptions.get(f.name, ""),
             )
     return docs
 
 
+@dataclass(frozen=True)
+class KeySpec:
+    """Everything the schema says about one dotted key (see :func:`setting`)."""
+
+    key: str
+    type: Any
+    default: Any
+    """The field's default; None for a per-algorithm key (see ``per_algorithm``)."""
+    range: Range | None = None
+    bookkeeping: bool = False
+    choices: tuple[str, ...] | None = None
+    pattern: tuple[re.Pattern[str], str] | None = None
+    per_algorithm: dict[str, Any] | None = None
+    """Algorithm name -> default ("*" = any other) for keys in :data:`ALGORITHM_DEFAULTS`."""
+
+    @property
+    def kind(self) -> str:
+        """``int``, ``float``, ``list[int]`` ... of the value once None is set aside."""
+        return _type_name(_strip_none(self.type))
+
+    @property
+    def optional(self) -> bool:
+        """None is a valid value (per-algorithm keys are resolved, so never None)."""
+        return _allows_none(self.type) and self.per_algorithm is None
+
+    @property
+    def valid(self) -> str:
+        """Compact valid values for docs: ``> 0``, ``[0, 1)``, ``auto, cpu, ...`` ('' = any)."""
+        if self.range is not None:
+            text = f"items {self.range}" if self.kind.startswith("list") else str(self.range)
+        elif self.choices is not None:
+            text = ", ".join(self.choices)
+        elif self.pattern is not None:
+            text = self.pattern[1]
+        else:
+            return ""
+        return f"{text}, or None" if self.optional else text
+
+    def algorithm_defaults(self) -> list[tuple[str, Any]]:
+        """``[(algorithm, default), ..., ("others", default)]`` of a per-algorithm key."""
+        if self.per_algorithm is None:
+            return []
+        name = self.key.rpartition(".")[2]
+        listed = [(a, v[name]) for a, v in self.per_algorithm.items() if a != "*"]
+        return [*listed, ("others", self.per_algorithm["*"][name])]
+
+    def default_text(self) -> str:
+        """The default as docs show it: ``0.03``, or ``freematch 0.001, others 0.05``."""
+        if self.per_algorithm is None:
+            return repr(self.default)
+        return ", ".join(f"{algo} {value!r}" for algo, value in self.algorithm_defaults())
+
+
+@functools.cache
+def schema() -> dict[str, KeySpec]:
+    """Dotted key -> :class:`KeySpec`, built from the dataclass fields (no source needed)."""
+    specs: dict[str, KeySpec] = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            per_algorithm = None
+            if cls is AlgorithmConfig and f.name in ALGORITHM_DEFAULTS["*"]:
+                per_algorithm = {a: v for a, v in ALGORITHM_DEFAULTS.items() if f.name in v}
+            default = None if f.default is dataclasses.MISSING else f.default
+            specs[f"{section}.{f.name}"] = KeySpec(
+                key=f"{section}.{f.name}", type=hints[f.name], default=default,
+                range=meta.get("range"), bookkeeping=bool(meta.get("bookkeeping", False)),
+                choices=meta.get("choices"), pattern=meta.get("pattern"),
+                per_algorithm=per_algorithm,
+            )
+    return specs
+
+
+BOOKKEEPING_KEYS: frozenset[str] = frozenset(k for k, s in schema().items() if s.bookkeeping)
+"""Keys that change where or how a run executes (logging, paths, device, threads), not the weights
+it trains: a resumed run, a sweep's existing run and a report's variant may differ in these."""
+
+
+def diff(
+    old: Config | Mapping[str, Any],
+    new: Config | Mapping[str, Any],
+    *,
+    include_bookkeeping: bool = False,
+) -> list[str]:
+    """One line per dotted key whose value differs, e.g. ``"train.lr: 0.03 there, 0.1 now"``.
+
+    ``old``/``new`` are Configs or ``Config.to_dict()`` trees (nested or already flattened to
+    dotted keys), e.g. a saved ``config.yaml`` and the config of now. Only keys present in both are
+    compared, so a key added by a newer version does not make older runs differ; keys in
+    :data:`BOOKKEEPING_KEYS` are skipped unless ``include_bookkeeping``. Keys come in schema order.
+    """
+    there, now = _dotted(old), _dotted(new)
+    known = [k for k in schema() if k in there and k in now]
+    other = sorted((there.keys() & now.keys()) - set(known))
+    return [
+        f"{key}: {there[key]!r} there, {now[key]!r} now"
+        for key in [*known, *other]
+        if (include_bookkeeping or key not in BOOKKEEPING_KEYS) and there[key] != now[key]
+    ]
+
+
+def _dotted(tree: Config | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Config):
+        tree = tree.to_dict()
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def config_reference_markdown() -> str:
     """The config reference table embedded in the README (kept in sync by a test)."""
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for key, (tp, default, doc) in field_docs().items():
+    rows = ["| key | type | default | valid | meaning |", "|---|---|---|---|---|"]
+    specs = schema()
+    for key, (tp, _, doc) in field_docs().items():
+        spec = specs[key]
         text = " ".join(doc.split()).replace("|", "\\|")
-        type_text = tp.replace("|", " \\| ")
-        rows.append(f"| `{key}` | {type_text} | `{default!r}` | {text} |")
+        type_text = (spec.kind if spec.per_algorithm else tp).replace("|", " \\| ")
+        default = f"`{spec.default!r}`"
+        if spec.per_algorithm is not None:
+            default = "per algorithm: " + ", ".join(
+                f"{algo} `{value!r}`" for algo, value in spec.algorithm_defaults()
+            )
+        valid = spec.valid.replace("|", "\\|")
+        rows.append(f"| `{key}` | {type_text} | {default} | {valid} | {text} |")
     return "\n".join(rows)
+
+
+def _strip_none(tp: Any) -> Any:
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _allows_none(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
 
 
 def _type_name(tp: Any) -> str:
@@ -384,20 +652,79 @@ def _looks_like_float(text: str) -> bool:
     return any(c in text.lower() for c in ".e")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping holding the same key twice, at any depth.
+
+    Plain YAML keeps the last value silently, so ``lr: 0.1`` written twice in a long config
+    would train with whichever came last. Keys merged in with ``<<: *anchor`` may be overridden.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._root = node
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    dotted = ".".join([*_yaml_path(getattr(self, "_root", None), node), str(key)])
+                    raise ConfigError(
+                        f"{key_node.start_mark.name}: key '{dotted}' is given twice (lines {first} "
+                        f"and {key_node.start_mark.line + 1}); keep only one of them"
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_path(root: yaml.Node | None, target: yaml.Node) -> list[str]:
+    """Keys leading from the document root to ``target`` (for error messages)."""
+    stack: list[tuple[yaml.Node, list[str]]] = [(root, [])] if root is not None else []
+    visited: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if node is target:
+            return path
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            stack.extend((v, [*path, str(k.value)]) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((v, [*path, str(i)]) for i, v in enumerate(node.value))
+    return []
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file with :class:`UniqueKeyLoader`; any problem is a one-line ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.load(handle, Loader=UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
 ) -> Config:
-    """Build a validated :class:`Config` from an optional YAML file and overrides."""
-    cfg = Config()
+    """Build a validated :class:`Config` from an optional YAML file and overrides.
+
+    Per-algorithm keys (:data:`ALGORITHM_DEFAULTS`) not given get the default of the final
+    ``algorithm.name``, so ``algorithm.name=freematch`` alone gives ``lambda_ent`` 0.001.
+    """
+    cfg = _unresolved_config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        tree = read_yaml(path) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"{path} must contain a mapping of sections (data, model, ...)")
         for key, value in _flatten(tree).items():
@@ -405,51 +732,86 @@ def load_config(
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
     for key, value in items:
         _set(cfg, key, value)
+    resolve_algorithm_defaults(cfg.algorithm)
     validate(cfg)
     return cfg
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
     """Rebuild a Config saved with :meth:`Config.to_dict` (e.g. from a checkpoint)."""
-    cfg = Config()
+    cfg = _unresolved_config()
     for key, value in _flatten(tree).items():
         _set(cfg, key, value)
+    resolve_algorithm_defaults(cfg.algorithm)
     validate(cfg)
     return cfg
 
 
+def _unresolved_config() -> Config:
+    """The default Config with its per-algorithm keys back at None (not yet resolved)."""
+    cfg = Config()
+    for name in ALGORITHM_DEFAULTS["*"]:
+        setattr(cfg.algorithm, name, None)
+    return cfg
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks that a type annotation cannot express."""
-    t, a, d = cfg.train, cfg.algorithm, cfg.data
-    positive = {
-        "train.steps": t.steps,
-        "train.batch_size": t.batch_size,
-        "train.eval_interval": t.eval_interval,
-        "train.log_interval": t.log_interval,
-        "train.checkpoint_interval": t.checkpoint_interval,
-        "train.eval_batch_size": t.eval_batch_size,
-        "data.labels_per_class": d.labels_per_class,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive, got {value}")
+    """Check every key against its schema (range, choices, format), then cross-field rules.
+
+    Every problem is a one-line ConfigError naming the key, the value and what is valid.
+    """
+    for key, spec in schema().items():
+        section, _, name = key.partition(".")
+        _check_key(spec, getattr(getattr(cfg, section), name), cfg.algorithm.name)
+    t, a = cfg.train, cfg.algorithm
     if t.mu < 1 and a.name != "supervised":
-        raise ConfigError(f"train.mu must be >= 1 for {a.name}, got {t.mu}")
-    if not 0.0 <= a.fusion_strength < 1.0:
-        raise ConfigError(f"algorithm.fusion_strength must be in [0, 1), got {a.fusion_strength}")
-    if not 0.0 <= a.ema_p < 1.0:
-        raise ConfigError(f"algorithm.ema_p must be in [0, 1), got {a.ema_p}")
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
-    if not 0.0 < a.threshold <= 1.0:
-        raise ConfigError(f"algorithm.threshold must be in (0, 1], got {a.threshold}")
-    if a.temperature <= 0:
-        raise ConfigError(f"algorithm.temperature must be positive, got {a.temperature}")
-    if t.lr <= 0:
-        raise ConfigError(f"train.lr must be positive, got {t.lr}")
-    if not 0.0 <= d.outlier_ratio < 1.0:
-        raise ConfigError(f"data.outlier_ratio must be in [0, 1), got {d.outlier_ratio}")
-    if d.val_per_class < 0:
-        raise ConfigError(f"data.val_per_class must be >= 0, got {d.val_per_class}")
-    if d.resolution is not None and d.resolution < 4:
-        raise ConfigError(f"data.resolution must be at least 4 pixels, got {d.resolution}")
+        raise ConfigError(
+            f"train.mu={t.mu} is out of range for {a.name}: it needs at least 1 unlabeled image "
+            "per labeled image (train.mu=0 is for algorithm.name=supervised)"
+        )
+    if t.optimizer == "sgd" and t.nesterov and t.momentum == 0:
+        raise ConfigError(
+            "train.nesterov=true needs train.momentum > 0, got 0.0; set train.nesterov=false or "
+            "a momentum such as 0.9"
+        )
+
+
+def _check_key(spec: KeySpec, value: Any, algorithm: str) -> None:
+    key = spec.key
+    if value is None:
+        if spec.optional:
+            return
+        if spec.per_algorithm is not None:
+            raise ConfigError(
+                f"{key}=None was not resolved to the per-algorithm default; build configs with "
+                "load_config or config_from_dict (or call resolve_algorithm_defaults)"
+            )
+        raise ConfigError(f"{key}=None is not allowed: give a {spec.kind}")
+    if spec.range is not None:
+        _check_range(spec, value, algorithm)
+    if spec.choices is not None and value not in spec.choices:
+        close = difflib.get_close_matches(str(value), spec.choices, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{key}={value!r} is not valid: use one of {', '.join(spec.choices)}{hint}")
+    if spec.pattern is not None:
+        regex, forms = spec.pattern
+        if not isinstance(value, str) or regex.fullmatch(value) is None:
+            raise ConfigError(f"{key}={value!r} is not valid: use {forms}")
+
+
+def _check_range(spec: KeySpec, value: Any, algorithm: str) -> None:
+    rng = spec.range
+    assert rng is not None
+    is_list = isinstance(value, list)
+    integer = "int" in spec.kind
+    if all(v in rng and (not integer or isinstance(v, int)) for v in (value if is_list else [value])):
+        return
+    what = "an integer" if integer else "a finite number"
+    must = f"every item must be {what}" if is_list else f"must be {what}"
+    none = ", or none" if spec.optional else ""
+    default = (algorithm_default(algorithm, spec.key.rpartition(".")[2])
+               if spec.per_algorithm is not None else spec.default)
+    hint = f" (the default is {default!r})" if default is not None else ""
+    raise ConfigError(
+        f"{spec.key}={value!r} is out of range: {must} {rng.phrase()}{none}{hint}"
+    )

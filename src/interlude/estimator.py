@@ -3,12 +3,12 @@
 It follows ``sklearn.semi_supervised``: ``fit(X, y)`` with ``y == -1`` on the unlabeled rows. Every
 row with a label is used as a labeled example (the split is the user's, nothing is drawn), and the
 rest form the unlabeled pool. Under the hood it is an ordinary interlude run: the arrays become an
-in-memory :class:`~interlude.data.SSLData`, the constructor's parameters become a
-:class:`~interlude.config.Config`, and :class:`~interlude.train.Trainer` trains it in a run
-directory (a temporary one unless ``out_dir`` is given). The fitted network (the EMA copy when
-``ema_decay > 0``, as in evaluation) stays in memory for ``predict``.
+in-memory :class:`~interlude.data.SSLData` (:mod:`interlude.data.arrays`), the constructor's
+parameters become a :class:`~interlude.config.Config`, and :func:`interlude.train.run` trains it
+in a run directory (a temporary one unless ``out_dir`` is given). The fitted network (the EMA copy
+when ``ema_decay > 0``, as in evaluation) stays in memory for ``predict``.
 
-Input rules (array layouts, value scales, image files) are those of :mod:`interlude.inference`.
+Input rules (array layouts, value scales, image files) are those of :mod:`interlude.inputs`.
 """
 
 from __future__ import annotations
@@ -25,19 +25,13 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
+from interlude.artifact import Checkpoint
 from interlude.config import Config, load_config
-from interlude.data.base import UNLABELED, ImageSet, RawDataset, SSLData
+from interlude.data.arrays import ESTIMATOR_DATASET, array_data
+from interlude.data.base import UNLABELED
 from interlude.data.transforms import resize_images
-from interlude.inference import (
-    ESTIMATOR_DATASET,
-    Predictor,
-    batched_logits,
-    is_path_list,
-    model_from_checkpoint,
-    read_images,
-    softmax,
-    to_uint8_images,
-)
+from interlude.inference import Predictor, batched_logits, softmax
+from interlude.inputs import is_path_list, read_images, to_uint8_images
 
 DEFAULT_PATH_RESOLUTION = 32  # image files are decoded to this square size unless `resolution`
 
@@ -65,6 +59,8 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
     serve as the unlabeled pool (consistency regularisation on them), so fully labeled data works.
     ``warm_start=True`` makes the next ``fit`` continue from the current weights (fresh optimiser
     and schedule of ``steps`` steps) instead of starting over; classes and image shape must match.
+    ``out_dir`` keeps the run directory (config, split, logs, checkpoints); a folder that already
+    holds a run is refused unless ``overwrite=True``.
     """
 
     def __init__(
@@ -91,6 +87,7 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
         threads: int = 0,
         verbose: int = 1,
         warm_start: bool = False,
+        overwrite: bool = False,
     ) -> None:
         self.algorithm = algorithm
         self.steps = steps
@@ -114,6 +111,7 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
         self.threads = threads
         self.verbose = verbose
         self.warm_start = warm_start
+        self.overwrite = overwrite
 
     # ------------------------------------------------------------------ scikit-learn protocol
     def __sklearn_tags__(self):  # scikit-learn >= 1.6
@@ -129,18 +127,21 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
         Nothing is changed on ``self`` until training has succeeded, so a failed ``fit`` leaves a
         fitted estimator as it was.
         """
+        from interlude.train import run
+
         inputs = self._validate_fit_input(X, y)
         cfg = self._build_config()
         previous = self._previous_fit()
-        data = _build_data(inputs, cfg, previous["meta"] if previous is not None else None)
+        stats = (previous.meta.mean, previous.meta.std) if previous is not None else None
+        data = array_data(inputs.images, inputs.labels, [str(c) for c in inputs.classes],
+                          cfg.data, stats)
         cfg.train.mu = min(cfg.train.mu, len(data.unlabeled))  # tiny pools (scikit-learn checks)
         _check_warm_start(previous, data)
-        if self.out_dir is not None:
-            trainer = _train(cfg, data, Path(self.out_dir), previous)
-        else:
-            with tempfile.TemporaryDirectory(prefix="interlude-") as tmp:
-                trainer = _train(cfg, data, Path(tmp) / "run", previous)
-        self._set_fitted(inputs, trainer, previous)
+        with tempfile.TemporaryDirectory(prefix="interlude-") as tmp:
+            run_dir = Path(self.out_dir) if self.out_dir is not None else Path(tmp) / "run"
+            cfg.train.out_dir, cfg.train.run_name = str(run_dir.parent), run_dir.name
+            result = run(cfg, data=data, overwrite=bool(self.overwrite), init=previous)
+        self._set_fitted(inputs, result.weights, previous)
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -154,9 +155,9 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
     def predictor(self) -> Predictor:
         """The fitted model as a :class:`~interlude.inference.Predictor` (what ``load`` returns)."""
         check_is_fitted(self)
-        meta = self.checkpoint_["meta"]
-        return Predictor(self.model_, self.classes_, tuple(self.image_shape_), tuple(meta["mean"]),
-                         tuple(meta["std"]), self._device())
+        meta = self.checkpoint_.meta
+        return Predictor(self.model_, self.classes_, meta.image_shape, meta.mean, meta.std,
+                         self._device())
 
     def export(self, out: str | Path, format: str = "safetensors") -> Path:
         """Write the fitted model for :func:`interlude.load` (see :mod:`interlude.export`)."""
@@ -228,8 +229,8 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
     def _logits(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         images = self._predict_images(X)
-        meta = self.checkpoint_["meta"]
-        return batched_logits(self.model_, images, meta["mean"], meta["std"], 256, self._device())
+        meta = self.checkpoint_.meta
+        return batched_logits(self.model_, images, meta.mean, meta.std, 256, self._device())
 
     def _device(self) -> torch.device:
         return next(self.model_.parameters()).device
@@ -260,11 +261,12 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
         }
         return load_config(None, overrides)
 
-    def _previous_fit(self) -> dict[str, Any] | None:
+    def _previous_fit(self) -> Checkpoint | None:
         """The fitted weights a warm start continues from (None: start from scratch)."""
         return self.checkpoint_ if self.warm_start and hasattr(self, "checkpoint_") else None
 
-    def _set_fitted(self, inputs: _FitInput, trainer, previous: dict[str, Any] | None) -> None:
+    def _set_fitted(self, inputs: _FitInput, weights: Checkpoint,
+                    previous: Checkpoint | None) -> None:
         self.classes_ = inputs.classes
         self.input_scale_ = inputs.scale
         self.input_shape_ = inputs.input_shape
@@ -273,12 +275,11 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
             self.n_features_in_ = inputs.n_features
         else:  # fitted on files: there is no feature count to check
             self.__dict__.pop("n_features_in_", None)
-        self.checkpoint_ = _weights_checkpoint(trainer)
-        self.n_iter_ = trainer.step + (int(previous["step"]) if previous is not None else 0)
-        self.checkpoint_["step"] = self.n_iter_
-        self.model_ = model_from_checkpoint(self.checkpoint_, trainer.primary_model).to(
-            trainer.device
-        )
+        self.n_iter_ = weights.step + (previous.step if previous is not None else 0)
+        weights.step = self.n_iter_
+        self.checkpoint_ = weights
+        self.model_ = weights.build_model(source="the fitted estimator").to(
+            _resolved_device(self.device))
         self.run_dir_ = Path(self.out_dir) if self.out_dir is not None else None
 
 
@@ -292,48 +293,6 @@ class _FitInput:
     n_features: int | None = None
     classes: np.ndarray = field(default_factory=lambda: np.empty(0))
     labels: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-
-
-def _build_data(inputs: _FitInput, cfg: Config, previous_meta: dict | None) -> SSLData:
-    """Labeled = rows with a label (all of them), unlabeled = the rest.
-
-    Mean/std come from X, except on a warm start: the weights were trained on the previous
-    normalisation, so it is kept.
-    """
-    from interlude.data.builtin import channel_stats
-    from interlude.data.splits import build_ssl_data
-
-    images, labels = inputs.images, inputs.labels
-    if previous_meta is not None and len(previous_meta["mean"]) == images.shape[1]:
-        mean, std = tuple(previous_meta["mean"]), tuple(previous_meta["std"])
-    else:
-        mean, std = channel_stats(images)
-        std = tuple(max(s, 1.0 / 255.0) for s in std)  # a constant channel must not divide by 0
-    extra = None
-    if (labels != UNLABELED).all():  # no unlabeled rows: the labeled images double as the pool
-        extra = ImageSet(images, np.full(len(images), UNLABELED, dtype=np.int64))
-    raw = RawDataset(
-        name=ESTIMATOR_DATASET, train=ImageSet(images, labels), test=None,
-        class_names=[str(c) for c in inputs.classes], mean=mean, std=std, hflip=False,
-        extra_unlabeled=extra, all_train_labeled=True,
-    )
-    return build_ssl_data(raw, cfg.data)
-
-
-def _train(cfg: Config, data: SSLData, run_dir: Path, previous: dict[str, Any] | None):
-    """An ordinary interlude run in ``run_dir`` (config.yaml, split.json, logs, checkpoints)."""
-    from interlude.data import save_split
-    from interlude.train import build_trainer
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.train.out_dir, cfg.train.run_name = str(run_dir.parent), run_dir.name
-    trainer = build_trainer(cfg, run_dir, data=data)
-    if previous is not None:
-        _load_previous_weights(trainer, previous)
-    cfg.save(run_dir / "config.yaml")
-    save_split(data, run_dir / "split.json")
-    trainer.fit()
-    return trainer
 
 
 def _as_input(X: Any) -> Any:
@@ -357,31 +316,22 @@ def _n_rows(X: Any) -> int:
         ) from None
 
 
-def _check_warm_start(previous: dict[str, Any] | None, data: SSLData) -> None:
+def _check_warm_start(previous: Checkpoint | None, data) -> None:
     if previous is None:
         return
-    meta = previous["meta"]
-    if list(meta["class_names"]) != list(data.class_names) or (
-        list(meta["image_shape"]) != list(data.image_shape)
-    ):
+    meta = previous.meta
+    if list(meta.class_names) != list(data.class_names) or meta.image_shape != data.image_shape:
         raise ValueError(
             "warm_start=True continues the fitted model, but the new data has other classes or "
             f"image shape ({data.class_names}, {data.image_shape}) than before "
-            f"({meta['class_names']}, {tuple(meta['image_shape'])}); set warm_start=False"
+            f"({list(meta.class_names)}, {meta.image_shape}); set warm_start=False"
         )
 
 
-def _load_previous_weights(trainer, previous: dict[str, Any]) -> None:
-    """warm_start: the new run starts from the fitted raw and EMA weights."""
-    try:
-        trainer.model.load_state_dict(previous["model"])
-        if trainer.ema is not None:
-            trainer.ema.load_state_dict(previous["ema"] or previous["model"])
-    except RuntimeError:
-        raise ValueError(
-            "warm_start=True continues the fitted network, but the parameters now describe "
-            "another one (arch/width changed); set warm_start=False to start over"
-        ) from None
+def _resolved_device(name: str) -> torch.device:
+    from interlude.train import resolve_device
+
+    return resolve_device(name)
 
 
 def _unlabeled_mask(y: np.ndarray) -> np.ndarray:
@@ -394,19 +344,3 @@ def _unlabeled_mask(y: np.ndarray) -> np.ndarray:
              for v in y], dtype=bool,
         )
     return np.zeros(len(y), dtype=bool)  # string labels: nothing can be -1
-
-
-def _weights_checkpoint(trainer) -> dict[str, Any]:
-    """What a ``best.pt`` holds: config, meta and weights (CPU copies, picklable)."""
-    from interlude.train.checkpoint import FORMAT_VERSION
-    from interlude.train.ema import unwrap
-
-    def cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in state.items()}
-
-    return {
-        "format_version": FORMAT_VERSION, "step": trainer.step,
-        "config": trainer.cfg.to_dict(), "meta": trainer.meta(),
-        "model": cpu(unwrap(trainer.model).state_dict()),
-        "ema": cpu(trainer.ema.state_dict()) if trainer.ema is not None else None,
-    }

@@ -11,6 +11,13 @@ Layout of an export folder (default ``RUN_DIR/export/<format>/``)::
 
     model.safetensors | model.onnx | model.pt (TorchScript)
     interlude.json    format, file, arch + model config, class names, image shape, mean/std
+
+Loading never runs code from the files unless asked: safetensors holds tensors only and is rebuilt
+into the network by :func:`interlude.artifact.build_inference_net`; ONNX is a graph run by
+onnxruntime; TorchScript is a program, so :func:`load` opens it only with ``allow_code=True``.
+The sidecar is read as hostile input: malformed JSON, a model file outside the folder, class
+names that do not match the outputs or broken channel statistics are one-line
+:class:`ExportError` messages.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from interlude.artifact import Checkpoint, RunMeta, build_inference_net, write_atomic
 from interlude.errors import InterludeError
-from interlude.inference import Predictor, checkpoint_path, model_from_checkpoint, primary_weights
+from interlude.inference import Predictor
+from interlude.rundir import RunDir
 
 EXPORT_VERSION = 1
 SIDECAR = "interlude.json"
@@ -34,62 +43,52 @@ ONNX_OPSET = 17
 
 
 class ExportError(InterludeError, ValueError):
-    """An export cannot be written or read (missing optional package, unknown folder)."""
+    """An export cannot be written or read (missing optional package, unknown or damaged folder)."""
 
 
 # ----------------------------------------------------------------------------- writing
 def export_run(run_dir: Path, format: str = "safetensors", out: str | None = None,
                checkpoint: str = "last") -> Path:
     """Export ``RUN_DIR/checkpoints/<checkpoint>.pt``; returns the model file written."""
-    from interlude.train.checkpoint import load_checkpoint
-
-    run_dir = Path(run_dir)
-    state = load_checkpoint(checkpoint_path(run_dir, checkpoint))
-    folder = Path(out) if out is not None else run_dir / "export" / format
-    return export_checkpoint(state, format, folder, source=f"{run_dir}/{checkpoint}.pt")
+    run = RunDir(run_dir)
+    state = Checkpoint.load(run.checkpoint(checkpoint))
+    folder = Path(out) if out is not None else run.path / "export" / format
+    return export_checkpoint(state, format, folder, source=f"{run.path}/{checkpoint}.pt")
 
 
-def export_checkpoint(state: dict[str, Any], format: str, folder: Path,
+def export_checkpoint(state: Checkpoint, format: str, folder: Path,
                       source: str | None = None) -> Path:
-    """Write the primary (EMA) model of a checkpoint dict and its sidecar into ``folder``."""
+    """Write the primary (EMA) model of a checkpoint and its sidecar into ``folder``."""
     if format not in FILES:
         raise ExportError(f"unknown export format '{format}'; use one of {', '.join(FILES)}")
-    which = primary_weights(state)
-    model = model_from_checkpoint(state, which).cpu()
+    model = state.build_model(source=source or "checkpoint").cpu()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / FILES[format]
-    example = torch.zeros(2, *state["meta"]["image_shape"])
+    example = torch.zeros(2, *state.meta.image_shape)
     {"safetensors": _save_safetensors, "onnx": _save_onnx, "torchscript": _save_torchscript}[
         format
     ](model, example, path)
-    sidecar = _sidecar(state, format, which, source)
-    (folder / SIDECAR).write_text(json.dumps(sidecar, indent=1))
+    write_atomic(folder / SIDECAR, json.dumps(_sidecar(state, format, source), indent=1))
     return path
 
 
-def _sidecar(state: dict[str, Any], format: str, which: str, source: str | None) -> dict:
-    from interlude.nets import default_arch
-
-    meta, config = state["meta"], state["config"]
-    model_cfg = dict(config["model"])
-    channels, height, width = meta["image_shape"]
-    if model_cfg["arch"] == "auto":  # resolve now: the dataset name is not kept in the export
-        model_cfg["arch"] = default_arch(config["data"]["name"], height)
-    model_cfg["pretrained"] = None
+def _sidecar(state: Checkpoint, format: str, source: str | None) -> dict:
+    meta = state.meta
+    channels, height, width = meta.image_shape
     return {
         "interlude_export_version": EXPORT_VERSION,
         "format": format,
         "file": FILES[format],
-        "weights": which,
-        "step": int(state.get("step", 0)),
+        "weights": state.primary,
+        "step": state.step,
         "source": source,
-        "model": model_cfg,
-        "num_classes": int(meta["num_classes"]),
-        "class_names": [str(c) for c in meta["class_names"]],
-        "image_shape": [int(channels), int(height), int(width)],
-        "resolution": [int(height), int(width)],
-        "mean": [float(v) for v in meta["mean"]],
-        "std": [float(v) for v in meta["std"]],
+        "model": {**state.config.model.__dict__, "pretrained": None},
+        "num_classes": meta.num_classes,
+        "class_names": list(meta.class_names),
+        "image_shape": [channels, height, width],
+        "resolution": [height, width],
+        "mean": list(meta.mean),
+        "std": list(meta.std),
         "input": "uint8 (N, C, H, W) images -> x / 255 -> (x - mean) / std, float32",
         "output": "logits (N, num_classes); softmax gives class probabilities",
     }
@@ -147,58 +146,107 @@ class OnnxModel:
         return torch.from_numpy(logits)
 
 
-def load(path: str | Path) -> Predictor:
+def load(path: str | Path, *, allow_code: bool = False) -> Predictor:
     """Load an export (its folder, or the model file inside it) as a ready-to-use predictor.
 
     The result has ``predict`` / ``predict_proba`` taking uint8 or float arrays or image paths,
     ``classes_`` and ``model`` (the network proper: normalised float batches in, logits out).
+    safetensors and ONNX exports load without running code from the files. A TorchScript file
+    is a program: loading it executes code stored in it, so it is refused unless
+    ``allow_code=True`` (only for files you trust).
     """
-    folder, sidecar = _find_sidecar(Path(path))
+    folder, sidecar = read_sidecar(Path(path))
     model_file = folder / sidecar["file"]
-    if not model_file.is_file():
-        raise ExportError(f"{model_file} is missing (named in {folder / SIDECAR})")
+    if sidecar["format"] == "torchscript" and not allow_code:
+        raise ExportError(
+            f"{model_file} is TorchScript: loading it executes code stored in the file; pass "
+            "allow_code=True if you trust it, or export to safetensors/onnx"
+        )
+    meta = sidecar["meta"]
     loader = {"safetensors": _load_safetensors, "onnx": _load_onnx,
-              "torchscript": _load_torchscript}.get(sidecar["format"])
-    if loader is None:
-        raise ExportError(f"{folder / SIDECAR} names an unknown format '{sidecar['format']}'")
+              "torchscript": _load_torchscript}[sidecar["format"]]
+    model = loader(model_file, sidecar)
+    _check_outputs(model, meta, model_file)
     return Predictor(
-        model=loader(model_file, sidecar),
-        classes_=np.array(sidecar["class_names"]),
-        image_shape=tuple(sidecar["image_shape"]),  # type: ignore[arg-type]
-        mean=tuple(sidecar["mean"]),
-        std=tuple(sidecar["std"]),
-        metadata=sidecar,
+        model=model, classes_=np.array(meta.class_names), image_shape=meta.image_shape,
+        mean=meta.mean, std=meta.std, metadata=sidecar["raw"],
     )
 
 
-def _find_sidecar(path: Path) -> tuple[Path, dict[str, Any]]:
-    folder = path if path.is_dir() else path.parent
-    file = folder / SIDECAR
+def read_sidecar(path: Path) -> tuple[Path, dict[str, Any]]:
+    """The export folder and its validated sidecar: ``format``, ``file``, ``meta`` (RunMeta),
+    ``model`` (ModelConfig) and ``raw`` (the JSON as read)."""
+    from interlude.config import config_from_dict
+
     if not path.exists():
         raise ExportError(f"no export at {path}")
+    folder = path if path.is_dir() else path.parent
+    file = folder / SIDECAR
     if not file.is_file():
         raise ExportError(
             f"{folder} holds no {SIDECAR}: point interlude.load at a folder written by "
             "`interlude export` (or the model file inside it)"
         )
-    sidecar = json.loads(file.read_text())
-    if sidecar.get("interlude_export_version") != EXPORT_VERSION:
+    try:
+        raw = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ExportError(f"{file} is not valid JSON ({exc}); re-export the model") from None
+    if not isinstance(raw, dict) or raw.get("interlude_export_version") != EXPORT_VERSION:
         raise ExportError(f"{file} is not an interlude export of version {EXPORT_VERSION}")
-    if path.is_file() and path.name != sidecar["file"]:
-        raise ExportError(f"{file} describes {sidecar['file']}, not {path.name}")
-    return folder, sidecar
+    format = raw.get("format")
+    if format not in FILES:
+        raise ExportError(f"{file} names an unknown format {format!r}; expected one of "
+                          f"{', '.join(FILES)}")
+    name = raw.get("file")
+    if not isinstance(name, str) or name != Path(name).name or name in ("", ".", ".."):
+        raise ExportError(f"{file}: the model file {name!r} must be a plain file name inside "
+                          f"{folder} (no folders, '..' or absolute paths)")
+    model_file = folder / name
+    if model_file.is_symlink() or (model_file.exists() and not model_file.resolve().is_relative_to(
+            folder.resolve())):
+        raise ExportError(f"{model_file} points outside {folder}; refusing to load it")
+    if not model_file.is_file():
+        raise ExportError(f"{model_file} is missing (named in {file})")
+    if path.is_file() and path.name not in (name, SIDECAR):
+        raise ExportError(f"{file} describes {name}, not {path.name}")
+    try:
+        meta = RunMeta.from_dict(raw, str(file))
+        model = config_from_dict({"model": raw.get("model")}).model if isinstance(
+            raw.get("model"), dict) else None
+    except InterludeError as exc:
+        raise ExportError(str(exc)) from None
+    if format == "safetensors" and (model is None or model.arch == "auto"):
+        raise ExportError(f"{file}: 'model' must give the network's config (a resolved arch)")
+    return folder, {"format": format, "file": name, "meta": meta, "model": model, "raw": raw}
+
+
+def _check_outputs(model, meta: RunMeta, model_file: Path) -> None:
+    """One forward of a blank batch: the outputs must be one logit per class name."""
+    channels, height, width = meta.image_shape
+    try:
+        with torch.no_grad():
+            logits = model(torch.zeros(1, channels, height, width))
+    except Exception as exc:  # a graph that does not take this input shape fails in many ways
+        raise ExportError(f"{model_file} does not take {meta.image_shape} images: "
+                          f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}"
+                          ) from None
+    if tuple(logits.shape) != (1, meta.num_classes):
+        raise ExportError(
+            f"{model_file} gives outputs of shape {tuple(logits.shape)[1:]} but its sidecar names "
+            f"{meta.num_classes} classes; the export folder is inconsistent: re-export"
+        )
 
 
 def _load_safetensors(path: Path, sidecar: dict[str, Any]) -> nn.Module:
-    from interlude.config import ModelConfig
-    from interlude.nets import build_net
-
     load_file = _require("safetensors.torch", "safetensors").load_file
-    channels, height, _ = sidecar["image_shape"]
-    model = build_net(ModelConfig(**sidecar["model"]), sidecar["num_classes"], channels, height)
-    model.load_state_dict(load_file(str(path)))
-    model.fusion.strength = 0.0
-    return model.eval()
+    try:
+        weights = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise ExportError(f"{path} is not a readable safetensors file ({exc})") from None
+    try:
+        return build_inference_net(sidecar["model"], sidecar["meta"], weights, str(path))
+    except InterludeError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def _load_torchscript(path: Path, sidecar: dict[str, Any]) -> nn.Module:
@@ -208,4 +256,9 @@ def _load_torchscript(path: Path, sidecar: dict[str, Any]) -> nn.Module:
 
 
 def _load_onnx(path: Path, sidecar: dict[str, Any]) -> OnnxModel:
-    return OnnxModel(path)
+    try:
+        return OnnxModel(path)
+    except ExportError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own types for damaged graphs
+        raise ExportError(f"{path} is not a loadable ONNX model ({exc})") from None

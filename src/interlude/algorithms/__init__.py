@@ -6,7 +6,7 @@ import importlib
 
 import torch
 
-from interlude.algorithms.base import Algorithm, ViewLogits
+from interlude.algorithms.base import Algorithm, Batch, ViewLogits
 from interlude.config import AlgorithmConfig
 from interlude.errors import ConfigError
 
@@ -20,7 +20,7 @@ _ALGORITHMS = {
     "interlude_plus": ("interlude_plus", "InterLUDEPlus"),
 }
 
-__all__ = ["Algorithm", "ViewLogits", "algorithm_names", "build_algorithm"]
+__all__ = ["Algorithm", "Batch", "ViewLogits", "algorithm_names", "build_algorithm"]
 
 
 def algorithm_names() -> list[str]:

@@ -19,6 +19,23 @@ Metrics = dict[str, torch.Tensor]
 
 
 @dataclass
+class Batch:
+    """What one training step feeds the network and the loss, built by the input pipeline.
+
+    ``x`` holds the augmented, normalised views in natural order ``[lw, uw, ls, us]`` (views the
+    algorithm does not use are left out); ``labels`` are those of the labeled rows; the indices
+    say which images of the labeled / unlabeled pools the rows are (``unlabeled_indices`` flat in
+    ``i * mu + j`` order), for algorithms with per-image state such as FlexMatch. Everything an
+    algorithm learns about a step comes through here, never through attributes set from outside.
+    """
+
+    labels: torch.Tensor
+    unlabeled_indices: torch.Tensor | None = None
+    labeled_indices: torch.Tensor | None = None
+    x: torch.Tensor | None = None
+
+
+@dataclass
 class ViewLogits:
     """Logits of one step in natural order. Unlabeled rows are ordered ``i * mu + j``."""
 
@@ -60,7 +77,5 @@ class Algorithm(nn.Module):
     def supervised_weights(self) -> torch.Tensor | None:
         return self.class_weights if self.class_weights.numel() else None
 
-    def loss(
-        self, logits: ViewLogits, labels: torch.Tensor, step: int
-    ) -> tuple[torch.Tensor, Metrics]:
+    def loss(self, logits: ViewLogits, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError

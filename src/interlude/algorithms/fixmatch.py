@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from interlude.algorithms.base import Algorithm, Metrics, ViewLogits
+from interlude.algorithms.base import Algorithm, Batch, Metrics, ViewLogits
 from interlude.algorithms.supervised import supervised_loss
 
 
@@ -44,15 +44,15 @@ class FixMatch(Algorithm):
     name = "fixmatch"
     views = ("lw", "uw", "us")
 
-    def unlabeled_loss(self, logits: ViewLogits, step: int) -> tuple[torch.Tensor, Metrics]:
+    def unlabeled_loss(self, logits: ViewLogits, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
         """The weighted unlabeled term(s) and their metrics; FreeMatch/FlexMatch override this."""
         loss, mask, _ = fixmatch_unlabeled_loss(
             logits.uw, logits.us, self.cfg.threshold, self.cfg.temperature
         )
         return self.cfg.lambda_u * loss, {"loss_unsup": loss.detach(), "mask_rate": mask.mean()}
 
-    def loss(self, logits: ViewLogits, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, Metrics]:
-        loss_sup = supervised_loss(logits.lw, labels, self.supervised_weights)
-        unlabeled, metrics = self.unlabeled_loss(logits, step)
+    def loss(self, logits: ViewLogits, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
+        loss_sup = supervised_loss(logits.lw, batch.labels, self.supervised_weights)
+        unlabeled, metrics = self.unlabeled_loss(logits, batch, step)
         loss = loss_sup + unlabeled
         return loss, {"loss": loss.detach(), "loss_sup": loss_sup.detach(), **metrics}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from interlude.algorithms.base import Metrics, ViewLogits
+from interlude.algorithms.base import Batch, Metrics, ViewLogits
 from interlude.algorithms.fixmatch import FixMatch, masked_cross_entropy
 
 __all__ = ["FlexMatch", "class_learning_effect", "flexible_thresholds", "remember_confident"]
@@ -42,17 +42,16 @@ class FlexMatch(FixMatch):
     def __init__(self, cfg, num_classes: int, class_weights=None, num_unlabeled: int = 0) -> None:
         super().__init__(cfg, num_classes, class_weights)
         self.register_buffer("selected_label", torch.full((max(num_unlabeled, 1),), -1))
-        self.current_unlabeled_indices: torch.Tensor | None = None
 
-    def unlabeled_loss(self, logits: ViewLogits, step: int) -> tuple[torch.Tensor, Metrics]:
-        if self.current_unlabeled_indices is None:
-            raise RuntimeError("FlexMatch needs the step's unlabeled indices (set by the trainer)")
+    def unlabeled_loss(self, logits: ViewLogits, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
+        if batch.unlabeled_indices is None:
+            raise ValueError("FlexMatch needs the step's unlabeled indices (Batch.unlabeled_indices)")
         probs = torch.softmax(logits.uw.detach().float() / self.cfg.temperature, dim=-1)
         confidence, predicted = probs.max(dim=-1)
         beta = class_learning_effect(self.selected_label, self.num_classes, self.cfg.flex_warmup)
         class_threshold = flexible_thresholds(beta, self.cfg.threshold)
         mask = (confidence >= class_threshold[predicted]).float()
-        self._remember_confident(self.current_unlabeled_indices, predicted, confidence)
+        self._remember_confident(batch.unlabeled_indices, predicted, confidence)
         loss = masked_cross_entropy(logits.us, predicted, mask)
         return self.cfg.lambda_u * loss, {
             "loss_unsup": loss.detach(),
@@ -69,7 +68,7 @@ class FlexMatch(FixMatch):
         Under DDP the updates of every rank are gathered and applied on every rank, so the memory
         (and hence the thresholds) stays identical across ranks.
         """
-        from interlude.train.distributed import all_gather_cat
+        from interlude.collectives import all_gather_cat
 
         indices = all_gather_cat(indices)
         predicted = all_gather_cat(predicted)

@@ -10,16 +10,19 @@ and restored on resume:
 Every statistic is updated with the current batch *before* the mask is computed (as in USB). Under
 DDP the batch statistics are averaged over ranks first, so the state stays identical everywhere.
 
-The 1/K initialisation is the InterLUDE+ code's (METHOD.md 1.5). USB's FreeMatch starts from ones
-instead (tau_0 = 1, so almost nothing passes the threshold early on and tau decays towards the
-model's confidence); p~ and h enter only through scale-free ratios, so tau_0 is the only difference.
+The initial state is the same as USB's FreeMatch (``FreeMatchThresholingHook``: ``p_model`` and
+``label_hist`` = ones(K)/K, ``time_p`` = p_model.mean() = 1/K) and the authors' InterLUDE+ code
+(``p_t``, ``label_hist`` = ones(K)/K, ``tau_t`` = p_t.mean()): tau_0 = 1/K, so early on almost
+every unlabeled row passes the threshold and tau rises towards the model's mean confidence. As in
+USB's default (``use_quantile=False``, ``clip_thresh=False``), tau tracks the batch *mean* of
+max-probabilities, neither a quantile nor clipped.
 """
 
 from __future__ import annotations
 
 import torch
 
-from interlude.algorithms.base import Metrics, ViewLogits
+from interlude.algorithms.base import Batch, Metrics, ViewLogits
 from interlude.algorithms.fixmatch import FixMatch, masked_cross_entropy
 
 
@@ -35,7 +38,7 @@ def freematch_update(
     tau <- d tau + (1-d) mean_n max_k p_nk;  p~ <- d p~ + (1-d) mean_n p_n;
     h <- d h + (1-d) bincount(argmax p_n) / N.
     """
-    from interlude.train.distributed import all_reduce_mean_
+    from interlude.collectives import all_reduce_mean_
 
     num_classes = probs_weak.shape[1]
     confidence, predicted = probs_weak.max(dim=-1)
@@ -113,7 +116,7 @@ class FreeMatch(FixMatch):
         self.class_confidence.copy_(c)
         self.label_histogram.copy_(h)
 
-    def unlabeled_loss(self, logits: ViewLogits, step: int) -> tuple[torch.Tensor, Metrics]:
+    def unlabeled_loss(self, logits: ViewLogits, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
         probs_weak = torch.softmax(logits.uw.detach().float(), dim=-1)
         self.update_state(probs_weak)
         mask = self_adaptive_mask(probs_weak, self.global_confidence, self.class_confidence)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from interlude.algorithms.base import Metrics, ViewLogits
+from interlude.algorithms.base import Batch, Metrics, ViewLogits
 from interlude.algorithms.fixmatch import FixMatch
 
 
@@ -91,10 +91,10 @@ class DeltaConsistency:
             authors_scaling=self.cfg.dc_variant == "cd_authors",
         )
 
-    def loss(self, logits: ViewLogits, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, Metrics]:
-        loss, metrics = super().loss(logits, labels, step)  # type: ignore[misc]
+    def loss(self, logits: ViewLogits, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
+        loss, metrics = super().loss(logits, batch, step)  # type: ignore[misc]
         if self.cfg.lambda_dc > 0:
-            loss_dc = self.delta_consistency(logits, labels)
+            loss_dc = self.delta_consistency(logits, batch.labels)
             loss = loss + self.cfg.lambda_dc * loss_dc
             metrics["loss_dc"] = loss_dc.detach()
             metrics["loss"] = loss.detach()

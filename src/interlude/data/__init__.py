@@ -5,7 +5,7 @@ from __future__ import annotations
 from interlude.config import DataConfig
 from interlude.data.base import UNLABELED, ImageSet, RawDataset, SSLData
 from interlude.data.registry import dataset_names, load_raw, register_dataset
-from interlude.data.splits import build_ssl_data, save_split
+from interlude.data.splits import build_ssl_data
 
 __all__ = [
     "UNLABELED",
@@ -16,7 +16,6 @@ __all__ = [
     "dataset_names",
     "load_raw",
     "register_dataset",
-    "save_split",
 ]
 
 

@@ -43,10 +43,6 @@ class Layout:
             self.inverse.to(device), self.slices,
         )
 
-    @property
-    def is_identity(self) -> bool:
-        return bool(torch.equal(self.order, torch.arange(len(self.order))))
-
 
 def rows_per_item(view: str, mu: int) -> int:
     return 1 if view in LABELED_VIEWS else mu

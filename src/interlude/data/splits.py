@@ -7,6 +7,7 @@ saved as ``split.json`` beside every run and can be reused with ``data.split_fil
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -64,27 +65,64 @@ def _check_class_size(name: str, size: int, labels_per_class: int | None, val_pe
         )
 
 
-def load_split_file(path: str | Path, pool_size: int) -> dict[str, list[int]]:
-    """Read a ``split.json`` written by an earlier run and check it fits this training pool."""
+def pool_fingerprint(pool: ImageSet) -> str:
+    """A short hash of the training pool's images and labels: a split's indices mean something
+    only for the exact pool they were drawn from (same files, same order)."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(repr(tuple(pool.images.shape)).encode())
+    digest.update(np.ascontiguousarray(pool.labels).tobytes())
+    digest.update(np.ascontiguousarray(pool.images).tobytes())
+    return digest.hexdigest()
+
+
+def load_split_file(path: str | Path, pool: ImageSet, dataset: str) -> dict[str, list[int]]:
+    """Read a ``split.json`` (an earlier run's) and check it fits this dataset's training pool.
+
+    The file is user input: indices must be integers (no floats, booleans or strings), unique,
+    inside the pool, and labeled and validation sets must not overlap; a split recorded for
+    another dataset or another pool (its fingerprint) is refused.
+    """
     path = Path(path)
+    pool_size = len(pool)
+
+    def refuse(problem: str) -> DataError:
+        return DataError(f"{path} {problem} (data.split_file); point it at the split.json of a "
+                         "run on this dataset, or leave it unset to draw a split")
+
     if not path.is_file():
         raise DataError(f"split file not found: {path} (data.split_file)")
     try:
         saved = json.loads(path.read_text())
-        split = {"labeled": list(map(int, saved["labeled"])), "val": list(map(int, saved["val"]))}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(
-            f"{path} is not a split file written by interlude (needs 'labeled' and 'val' lists):"
-            f" {exc}"
-        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise refuse(f"is not valid JSON ({exc})") from None
+    if not isinstance(saved, dict):
+        raise refuse("is not a split file written by interlude (needs 'labeled' and 'val')")
+    split: dict[str, list[int]] = {}
+    for key in ("labeled", "val"):
+        values = saved.get(key)
+        if not isinstance(values, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values
+        ):
+            raise refuse(f"needs '{key}' as a list of integer indices")
+        if len(set(values)) != len(values):
+            raise refuse(f"lists an index twice in '{key}'")
+        if values and (min(values) < 0 or max(values) >= pool_size):
+            raise refuse(f"holds '{key}' indices outside the training pool of {pool_size} images")
+        split[key] = values
+    overlap = set(split["labeled"]) & set(split["val"])
+    if overlap:
+        raise refuse(f"puts {len(overlap)} image(s) in both 'labeled' and 'val' "
+                     f"(e.g. index {min(overlap)})")
+    if not split["labeled"]:
+        raise refuse("has no labeled index")
+    if "dataset" in saved and saved["dataset"] != dataset:
+        raise refuse(f"was made for dataset {saved['dataset']!r}, not {dataset!r}")
     if saved.get("train_pool_size", pool_size) != pool_size:
-        raise DataError(
-            f"{path} was made for a training pool of {saved['train_pool_size']} images, "
-            f"but this dataset's pool has {pool_size}; was it written for another dataset?"
-        )
-    every = split["labeled"] + split["val"]
-    if every and (min(every) < 0 or max(every) >= pool_size):
-        raise DataError(f"{path} holds indices outside the training pool of {pool_size} images")
+        raise refuse(f"was made for a training pool of {saved['train_pool_size']} images, but "
+                     f"this one has {pool_size}")
+    if "pool_fingerprint" in saved and saved["pool_fingerprint"] != pool_fingerprint(pool):
+        raise refuse("was made for another set of files (the training pool's fingerprint "
+                     "differs: images added, removed, changed or reordered)")
     return split
 
 
@@ -98,7 +136,7 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
             f"{int(known.min())}..{int(known.max())}"
         )
     if cfg.split_file:
-        split = load_split_file(cfg.split_file, len(pool))
+        split = load_split_file(cfg.split_file, pool, raw.name)
     else:
         split = draw_split(
             pool.labels, raw.num_classes,
@@ -116,9 +154,9 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
     taken = np.zeros(len(pool), dtype=bool)
     taken[split["labeled"]] = True
     taken[split["val"]] = True
-    unlabeled = _hide_labels(pool.subset(np.flatnonzero(~taken)))
+    unlabeled = pool.subset(np.flatnonzero(~taken))
     if raw.extra_unlabeled is not None and len(raw.extra_unlabeled):
-        unlabeled = concat_sets(unlabeled, _hide_labels(raw.extra_unlabeled))
+        unlabeled = concat_sets(unlabeled, raw.extra_unlabeled)
     if len(unlabeled) == 0:
         raise DataError(
             f"{raw.name}: no unlabeled images remain after the split; semi-supervised training "
@@ -131,6 +169,7 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
         "labels_per_class": cfg.labels_per_class,
         "val_per_class": cfg.val_per_class,
         "train_pool_size": len(pool),
+        "pool_fingerprint": pool_fingerprint(pool),
         "labeled": split["labeled"],
         "val": split["val"],
     }
@@ -147,15 +186,6 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
         hflip=raw.hflip if cfg.hflip is None else cfg.hflip,
         split=record,
     )
-
-
-def save_split(data: SSLData, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(data.split))
-
-
-def _hide_labels(images: ImageSet) -> ImageSet:
-    """Unlabeled images keep their true labels out of the training loop (kept for diagnostics)."""
-    return ImageSet(images.images, images.labels)
 
 
 def concat_sets(a: ImageSet, b: ImageSet) -> ImageSet:

@@ -4,7 +4,12 @@ Runs are grouped into *variants*: runs whose resolved configs are equal once per
 (seed, run name, output dir, device, ...) is removed. A variant is labelled by the config keys that
 differ between variants, so an ablation or a sweep reads as ``algorithm.lambda_dc=0.1`` rather than
 as a directory name. Numbers are mean ± sample std over seeds, in percent, of the run's primary model
-(``summary["primary_model"]``, EMA or raw), so the report shows what the run itself would report.
+(``summary["primary_model"]``, EMA or raw), so the report shows what the run itself would report. One
+seed has no spread: it is written ``-`` (``± 0.0`` would claim a perfectly repeatable result).
+
+Plots: test top-1 against step as the mean over seeds with a min-max band per variant; bars of the
+last top-1 (mean ± std, one dot per seed, the value written above each bar) on a y-axis cut near the
+data when the variants are close; and, for a sweep of one numeric key, that key against top-1.
 
 Plots need matplotlib (``pip install 'interlude[plots]'``); without it only the table is written.
 """
@@ -22,20 +27,12 @@ from typing import Any
 
 import yaml
 
+from interlude.config import BOOKKEEPING_KEYS
 from interlude.errors import InterludeError
 
-# Keys that change between runs of one variant without changing what is being measured.
-IGNORED_KEYS = frozenset(
-    {
-        "train.seed",
-        "train.run_name",
-        "train.out_dir",
-        "train.progress",
-        "train.device",
-        "train.threads",
-        "data.data_dir",
-    }
-)
+# Keys that change between runs of one variant without changing what is being measured: the
+# bookkeeping keys, and the training seed (a variant's runs are its seeds).
+IGNORED_KEYS = BOOKKEEPING_KEYS | {"train.seed"}
 PLOTS_HINT = "Plots need matplotlib: `pip install 'interlude[plots]'`."
 
 
@@ -251,11 +248,16 @@ def _fmt_value(value: Any) -> str:
 
 
 def mean_std(values: list[float]) -> str:
-    """``mean ± std`` in percent with 1 decimal (sample std, 0 for one value); ``-`` when empty."""
+    """``mean ± std`` in percent with 1 decimal (sample std); ``mean ± -`` for one value, which has no
+    spread; ``-`` when empty."""
     if not values:
         return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):.1f} ± {100 * std:.1f}"
+    mean, std = _mean_std_pct(values)
+    return f"{mean:.1f} ± {_fmt_spread(std)}"
+
+
+def _fmt_spread(std: float) -> str:
+    return "-" if math.isnan(std) else f"{std:.1f}"
 
 
 def table_row(variant: Variant) -> list[str]:
@@ -296,7 +298,11 @@ def render_markdown(runs: list[Run], variants: list[Variant], plots: list[str] |
     lines += [f"- `{r.path}`" for r in runs]
     lines += ["", _md_row(header), _md_row(["---"] * len(header))]
     lines += [_md_row(table_row(v)) for v in variants]
-    lines += ["", "Mean ± sample std over seeds; selected = val-selected checkpoint (runs with val only)."]
+    lines += [
+        "",
+        "Mean ± sample std over seeds (`-` for the spread of a single seed); "
+        "selected = val-selected checkpoint (runs with val only).",
+    ]
     lines.append("")
     if plots is None:
         lines.append(PLOTS_HINT)
@@ -315,16 +321,33 @@ def _md_row(cells: list[str]) -> str:
 def write_plots(variants: list[Variant], out_dir: Path) -> list[str] | None:
     """Write the PNGs; return their names, or None when matplotlib is not installed."""
     try:
-        from matplotlib.figure import Figure
+        import matplotlib.figure  # noqa: F401
     except ImportError:
         return None
-    names = ["curves.png", "bars.png"]
-    _plot_curves(Figure(figsize=(7, 4.5)), variants, out_dir / "curves.png")
-    _plot_bars(Figure(figsize=(max(5, 1.2 * len(variants) + 2), 4.5)), variants, out_dir / "bars.png")
-    if sensitivity_key(variants) is not None:
-        _plot_sensitivity(Figure(figsize=(6, 4.5)), variants, out_dir / "sensitivity.png")
-        names.append("sensitivity.png")
-    return names
+    figures = {"curves.png": plot_curves(variants), "bars.png": plot_bars(variants)}
+    sensitivity = plot_sensitivity(variants)
+    if sensitivity is not None:
+        figures["sensitivity.png"] = sensitivity
+    for name, fig in figures.items():
+        fig.savefig(out_dir / name, dpi=100)
+    return list(figures)
+
+
+def _new_axes(size: tuple[float, float]) -> tuple[Any, Any]:
+    # OO API (Figure, no pyplot): no global backend state, so it works headless and inside other apps.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="tight")
+    return fig, fig.add_subplot()
+
+
+def _color(i: int) -> str:
+    """One colour per variant, the same in every plot."""
+    return f"C{i % 10}"
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
 
 
 def sensitivity_key(variants: list[Variant]) -> str | None:
@@ -336,49 +359,153 @@ def sensitivity_key(variants: list[Variant]) -> str | None:
     return keys[0] if all(_number(x) is not None for x in values) else None
 
 
-def _plot_curves(fig: Any, variants: list[Variant], path: Path) -> None:
-    # OO API (Figure, no pyplot): no global backend state, so it works headless and inside other apps.
-    ax = fig.add_subplot()
+def curve_band(runs: list[Run]) -> tuple[list[int], list[float], list[float], list[float], int]:
+    """(steps, mean, min, max, n) of the runs' test top-1 curves in percent, n being the number of
+    runs with a curve. Every step some run evaluated is kept; a step fewer runs reached is averaged
+    over those runs only."""
+    by_step: dict[int, list[float]] = {}
+    n = 0
+    for run in runs:
+        steps, values = run.curve()
+        n += bool(steps)
+        for step, value in zip(steps, values, strict=True):
+            by_step.setdefault(step, []).append(100 * value)
+    steps = sorted(by_step)
+    cols = [by_step[s] for s in steps]
+    return steps, [statistics.fmean(c) for c in cols], [min(c) for c in cols], [max(c) for c in cols], n
+
+
+def plot_curves(variants: list[Variant]) -> Any:
+    """Test top-1 against step: one mean line per variant, with a min-max band over its seeds."""
+    fig, ax = _new_axes((7, 4.5))
+    banded = False
     for i, variant in enumerate(variants):
-        for j, run in enumerate(variant.runs):
-            steps, values = run.curve()
-            label = variant.label if j == 0 else None
-            ax.plot(steps, [100 * v for v in values], color=f"C{i % 10}", alpha=0.8, label=label)
-    ax.set(xlabel="step", ylabel="test top-1 (%)", title="Test top-1 (primary model)")
-    ax.legend(fontsize="small")
+        steps, mean, low, high, n = curve_band(variant.runs)
+        if not steps:
+            continue
+        marker = "o" if len(steps) <= 30 else None
+        label = f"{variant.label} ({_seeds(n)})"
+        ax.plot(steps, mean, color=_color(i), marker=marker, markersize=3, label=label)
+        if n > 1:
+            ax.fill_between(steps, low, high, color=_color(i), alpha=0.2, linewidth=0)
+            banded = True
+    spread = "mean over seeds, band = min-max" if banded else "one seed per variant"
+    ax.set(xlabel="step", ylabel="test top-1 (%)", title=f"Test top-1 of the primary model ({spread})")
+    if ax.lines:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no eval rows in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
 
 
-def _plot_bars(fig: Any, variants: list[Variant], path: Path) -> None:
-    ax = fig.add_subplot()
-    means, stds = zip(*(_mean_std_pct(v.last_top1()) for v in variants), strict=True)
-    xs = range(len(variants))
-    ax.bar(xs, means, yerr=stds, capsize=4, color=[f"C{i % 10}" for i in xs])
-    ax.set_xticks(list(xs), [v.label for v in variants], rotation=20, ha="right", fontsize="small")
-    ax.set(ylabel="last test top-1 (%)", title="Last test top-1 (mean ± std over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+def bar_ylim(low: float, high: float) -> tuple[float, float]:
+    """y-limits (percent) for bars whose drawn extent (bar tops, error bars, seed dots) is low..high.
+
+    Bars start at 0 when their differences are plain from 0 (the data spans over a tenth of the
+    highest value), so bar lengths stay proportional; otherwise the axis is cut a little below the
+    data, at a round number, so that 96.5 vs 96.7 do not look equal. The top leaves room for the
+    values written above the bars.
+    """
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return 0.0, 100.0
+    span = high - low
+    if span > 0.1 * high:
+        bottom = 0.0
+    else:
+        cut = low - max(0.15 * span, 0.5)
+        unit = 1.0 if span >= 5 else 0.1
+        bottom = max(0.0, round(math.floor(cut / unit) * unit, 1))
+    return bottom, high + 0.15 * max(high - bottom, 1.0)
 
 
-def _plot_sensitivity(fig: Any, variants: list[Variant], path: Path) -> None:
+def plot_bars(variants: list[Variant]) -> Any:
+    """Last test top-1 per variant: bar = mean, error bar = std, dots = seeds, value written above."""
+    fig, ax = _new_axes((max(5, 1.2 * len(variants) + 2), 4.5))
+    stats = [_Points(v.last_top1()) for v in variants]
+    xs = list(range(len(variants)))
+    means = [p.mean for p in stats]
+    ax.bar(xs, means, color=[_color(i) for i in xs], alpha=0.85)
+    ax.errorbar(xs, means, yerr=[p.std for p in stats], fmt="none", ecolor="black", capsize=4)
+    for x, p in zip(xs, stats, strict=True):
+        if len(p.values) > 1:  # beside the error bar, spread a little so equal values stay apart
+            offsets = [0.12 + 0.12 * j / (len(p.values) - 1) for j in range(len(p.values))]
+            ax.plot([x + o for o in offsets], p.values, "o", color="black", markersize=3.5, fillstyle="none")
+        p.write_value(ax, x)
+    drawn = [p for p in stats if p.values]
+    low = min((p.low for p in drawn), default=math.nan)
+    bottom, top = bar_ylim(low, max((p.high for p in drawn), default=math.nan))
+    ax.set_ylim(bottom, top)
+    ylabel = "last test top-1 (%)" + (f", axis cut at {bottom:g}" if bottom > 0 else "")
+    ax.set_xticks(xs, [v.label for v in variants], rotation=20, ha="right", fontsize="small")
+    several = any(len(p.values) > 1 for p in stats)
+    spread = "mean ± std over seeds, dots = seeds" if several else "one seed each"
+    ax.set(ylabel=ylabel, title=f"Last test top-1\n({spread})")  # two lines: fits a 2-bar figure
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    return fig
+
+
+def plot_sensitivity(variants: list[Variant]) -> Any | None:
+    """The swept key against last test top-1 (mean ± std, dots = seeds); None when nothing is swept."""
     key = sensitivity_key(variants)
-    assert key is not None
-    points = sorted((float(v.config[key]), *_mean_std_pct(v.last_top1())) for v in variants)
-    xs, means, stds = zip(*points, strict=True)
-    ax = fig.add_subplot()
-    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=4)
+    if key is None:
+        return None
+    fig, ax = _new_axes((6, 4.5))
+    ordered = sorted(variants, key=lambda v: float(v.config[key]))
+    xs = [float(v.config[key]) for v in ordered]
+    stats = [_Points(v.last_top1()) for v in ordered]
+    several = any(len(p.values) > 1 for p in stats)
+    label = "mean ± std over seeds" if several else "one seed per value (no spread)"
+    ax.errorbar(xs, [p.mean for p in stats], yerr=[p.std for p in stats], marker="o", capsize=4, label=label)
+    if several:
+        dots = [(x, t) for x, p in zip(xs, stats, strict=True) for t in p.values]
+        dot_xs, dot_ys = zip(*dots, strict=True)
+        ax.plot(dot_xs, dot_ys, "o", color="black", markersize=3.5, fillstyle="none", label="one seed")
+    for i, (x, p) in enumerate(zip(xs, stats, strict=True)):
+        # Above the point, unless the line rises on both sides past where the text would sit:
+        # then it would be written on the line, so it goes below.
+        neighbours = [q.mean for q in stats[max(0, i - 1) : i + 2] if q is not p and math.isfinite(q.mean)]
+        p.write_value(ax, x, below=bool(neighbours) and all(m > p.high for m in neighbours))
+    drawn = [p for p in stats if p.values]
+    if drawn:  # pad around the data, with room for the values written over or under the points
+        low, high = min(p.low for p in drawn), max(p.high for p in drawn)
+        span = max(high - low, 1.0)
+        ax.set_ylim(low - 0.2 * span, high + 0.2 * span)
+    ax.margins(x=0.12)  # room for the values written at the first and last point
     if min(xs) > 0 and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
+    ax.set_xticks(xs, [_fmt_value(v.config[key]) for v in ordered])
+    ax.set_xticks([], minor=True)
     ax.set(xlabel=key, ylabel="last test top-1 (%)", title=f"Sensitivity to {key}")
+    ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
+
+
+class _Points:
+    """One variant's values in percent, with what the plots draw of them: mean, std (NaN for one
+    value), the drawn extent (error bar and seed dots) and the text written next to them."""
+
+    def __init__(self, fractions: list[float]) -> None:
+        self.values = [100 * f for f in fractions]
+        self.mean, self.std = _mean_std_pct(fractions)
+        err = 0.0 if math.isnan(self.std) else self.std
+        self.low = min([self.mean - err, *self.values]) if self.values else math.nan
+        self.high = max([self.mean + err, *self.values]) if self.values else math.nan
+        self.text = mean_std(fractions)
+
+    def write_value(self, ax: Any, x: float, below: bool = False) -> None:
+        """Write ``mean ± std`` centred above (or below) everything drawn for these values."""
+        if self.values:
+            y, dy, va = (self.low, -5, "top") if below else (self.high, 5, "bottom")
+            ax.annotate(self.text, (x, y), xytext=(0, dy), textcoords="offset points",
+                        ha="center", va=va, fontsize="small")
 
 
 def _mean_std_pct(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, 0.0
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return 100 * statistics.fmean(values), 100 * std
+    """(mean, sample std) in percent; the std is NaN for fewer than two values (no spread to show:
+    matplotlib draws no error bar for NaN), the mean NaN for none."""
+    mean = 100 * statistics.fmean(values) if values else math.nan
+    std = 100 * statistics.stdev(values) if len(values) > 1 else math.nan
+    return mean, std

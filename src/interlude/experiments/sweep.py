@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from interlude.config import Config, load_config, parse_override
+from interlude.config import Config, diff, load_config, parse_override
 from interlude.errors import ConfigError, InterludeError
 
 log = logging.getLogger("interlude")
@@ -65,14 +65,6 @@ class PlannedRun:
     overrides: list[str]
     run_dir: Path
     config: Config | None = None
-
-
-# Keys that may differ between a planned run and the run already in its directory: they change
-# where or how verbosely a run executes, not what it computes.
-BOOKKEEPING_KEYS = frozenset({
-    "train.out_dir", "train.progress", "train.device", "train.threads", "train.tensorboard",
-    "train.num_workers", "data.data_dir", "data.download",
-})
 
 
 def _safe(text: str) -> str:
@@ -180,19 +172,16 @@ def check_existing(run: PlannedRun) -> None:
     overrides but the same variant names), instead of skipping or resuming it as if it were ours.
 
     Only keys known to both are compared, so a config field added by a newer version of the
-    package does not invalidate finished runs.
+    package does not invalidate finished runs; bookkeeping keys (``config.BOOKKEEPING_KEYS``:
+    paths, device, threads, logging) may differ.
     """
     saved_path = run.run_dir / "config.yaml"
     if run.config is None or not saved_path.is_file():
         return
     saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
-    wanted = _flatten(run.config.to_dict())
-    differing = sorted(
-        k for k in set(saved) & set(wanted)
-        if k not in BOOKKEEPING_KEYS and saved[k] != wanted[k]
-    )
+    differing = diff(saved, _flatten(run.config.to_dict()))
     if differing:
-        shown = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in differing[:4])
+        shown = ", ".join(differing[:4])
         raise ConfigError(
             f"{run.run_dir} already holds a run with a different config ({shown}); give this "
             "sweep another output folder (--out) or remove that run"

@@ -18,7 +18,7 @@ __all__ = [
     "WideResNet",
     "arch_names",
     "build_net",
-    "default_arch",
+    "resolve_arch",
     "fuse_with_next",
 ]
 
@@ -42,7 +42,11 @@ def arch_names() -> list[str]:
     return ["small_cnn", *_CNN_BUILDERS, "vit_tiny", "vit_small", "vit_base"]
 
 
-def default_arch(dataset: str, resolution: int) -> str:
+def resolve_arch(arch: str, dataset: str, resolution: int) -> str:
+    """``arch`` itself, or for ``auto`` the network the dataset is benchmarked with (by size
+    for other data). Called once, when a run's config is resolved against its data."""
+    if arch != "auto":
+        return arch
     if dataset in _DEFAULT_ARCH:
         return _DEFAULT_ARCH[dataset]
     return "small_cnn" if resolution <= 28 else "wrn28_2"
@@ -54,15 +58,25 @@ def build_net(
     in_channels: int,
     resolution: int,
     dataset: str = "",
+    fusion_strength: float = 0.0,
+    fusion_at_eval: bool = False,
 ) -> nn.Module:
-    """Build the backbone named by ``cfg.arch`` ('auto' picks one for the dataset)."""
-    arch = default_arch(dataset, resolution) if cfg.arch == "auto" else cfg.arch
+    """Build the backbone named by ``cfg.arch`` ('auto' picks one for the dataset).
+
+    Fusion is fixed here, when the net is built: training passes the algorithm's strength,
+    every inference path builds with the default (off), so no caller patches it afterwards.
+    """
+    arch = resolve_arch(cfg.arch, dataset, resolution)
     if arch == "small_cnn":
-        return SmallCNN(num_classes, in_channels, cfg.width, cfg.fusion_layer)
-    if arch in _CNN_BUILDERS:
-        return _CNN_BUILDERS[arch](num_classes, in_channels, cfg.fusion_layer)
-    if arch.startswith("vit"):
+        model = SmallCNN(num_classes, in_channels, cfg.width, cfg.fusion_layer)
+    elif arch in _CNN_BUILDERS:
+        model = _CNN_BUILDERS[arch](num_classes, in_channels, cfg.fusion_layer)
+    elif arch.startswith("vit"):
         from interlude.nets.vit import build_vit
 
-        return build_vit(arch, cfg, num_classes, in_channels, resolution)
-    raise ConfigError(f"unknown model.arch '{arch}'. Available: {', '.join(arch_names())}")
+        model = build_vit(arch, cfg, num_classes, in_channels, resolution)
+    else:
+        raise ConfigError(f"unknown model.arch '{arch}'. Available: {', '.join(arch_names())}")
+    model.fusion.strength = float(fusion_strength)
+    model.fusion.at_eval = bool(fusion_at_eval)
+    return model

@@ -4,6 +4,15 @@ WRN-28-2 / WRN-28-8 (CIFAR, 3 groups) and the WRN-37-2 variant (STL-10, 4 groups
 BN momentum 0.001, LeakyReLU(0.1), Kaiming-normal (fan_out) convolutions, Xavier-normal classifier,
 convolutions without bias. The fusion point sits between residual groups, by default before the
 last one, as in the authors' code.
+
+Every variant has 4 residual blocks per group. With ``G`` groups of ``n`` blocks the depth counts
+the stem, two convolutions per block and one 1x1 shortcut per group: ``depth = 2 n G + G + 1``,
+so WRN-28 is 3 groups x 4 blocks and WRN-37 is 4 groups x 4 blocks (stem 16 channels, then 16w,
+32w, 64w[, 128w] per group, w = widen). WRN-37-2 is the authors'
+STL-10 ``WideResNetVar`` (which they build with ``depth=28``, i.e. 4 blocks per group) and USB's
+``wrn_var_37_2``. At 10 classes: WRN-28-2 1,467,610, WRN-28-8 23,354,842 (23,401,012 at 100
+classes) and WRN-37-2 5,929,434 parameters. (USB gives the stem convolution a bias, +16; the
+authors' code does not, and neither do we.)
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ def _group(n: int, in_ch: int, out_ch: int, stride: int, activate_first: bool) -
 
 
 class WideResNet(StagedNet):
-    """WRN-depth-widen with ``len(strides)`` residual groups."""
+    """WRN-depth-widen with ``len(strides)`` residual groups (see :func:`blocks_per_group`)."""
 
     def __init__(
         self,
@@ -64,7 +73,7 @@ class WideResNet(StagedNet):
         strides: tuple[int, ...] = (1, 2, 2),
         fusion_layer: int = -1,
     ) -> None:
-        n = (depth - 4) // 6
+        n = blocks_per_group(depth, len(strides))
         channels = [16] + [16 * widen * 2**g for g in range(len(strides))]
         stem = nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=False)
         groups = [
@@ -77,6 +86,21 @@ class WideResNet(StagedNet):
         )
         super().__init__(stem, groups, head_norm, channels[-1], num_classes, fusion_layer)
         init_weights(self)
+
+
+def blocks_per_group(depth: int, num_groups: int) -> int:
+    """Residual blocks per group for a WRN of ``depth`` with ``num_groups`` groups.
+
+    ``depth = 2 * n * G + G + 1`` (stem, 2 convolutions per block, a 1x1 shortcut per group):
+    ``(28, 3) -> 4`` as the usual ``(depth - 4) / 6``, and ``(37, 4) -> 4``.
+    """
+    n, rem = divmod(depth - 1 - num_groups, 2 * num_groups)
+    if rem or n < 1:
+        raise ValueError(
+            f"WRN depth {depth} does not fit {num_groups} groups (need 2*n*{num_groups} + "
+            f"{num_groups + 1})"
+        )
+    return n
 
 
 def init_weights(module: nn.Module) -> None:
@@ -100,7 +124,8 @@ def wrn28_8(num_classes: int, in_channels: int = 3, fusion_layer: int = -1) -> W
 
 
 def wrn37_2(num_classes: int, in_channels: int = 3, fusion_layer: int = -1) -> WideResNet:
-    """STL-10 variant: 4 groups, first stride 2 (96 px -> 6 px before pooling)."""
+    """STL-10 variant: 4 groups of 4 blocks (16 -> 32 -> 64 -> 128 -> 256 channels), strides
+    2, 2, 2, 2 (96 px -> 6 px before pooling); fusion before the 4th group by default."""
     return WideResNet(num_classes, 37, 2, in_channels, (2, 2, 2, 2), fusion_layer)
 
 

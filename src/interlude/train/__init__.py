@@ -1,16 +1,26 @@
-"""Training: build the parts of a run from its config and run the loop.
+"""Training: the one :func:`run` that the CLI, sweeps and the Python estimator call.
 
-``run(cfg)`` is the whole pipeline used by the CLI, sweeps and the Python estimator::
+``run(cfg)`` owns a run from start to end::
 
-    data = build_data(cfg.data)             # labeled / unlabeled / val / test
-    model = build_net(cfg.model, ...)       # backbone with a fusion point
-    algorithm = build_algorithm(cfg.algorithm, ...)
-    Trainer(cfg, data, model, algorithm, run_dir, device).fit()
+    with RunDir(...) as run_dir:                # one owner; stale locks and temp files cleaned
+        data = build_data(cfg.data)             # labeled / unlabeled / val / test
+        cfg = resolve_config(cfg, data)         # model.arch=auto resolved, once
+        check_resumable(...)                    # resume: compatible before anything is written
+        trainer = build_trainer(cfg, data, ...) # model (fusion fixed), algorithm, Trainer
+        write config.yaml + split.json          # (after --overwrite cleared the old run)
+        trainer.fit()
+
+Nothing is written to the run directory until the run is known to be valid, so a refused resume or
+a failed start leaves the directory as it was.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
+import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +28,41 @@ import numpy as np
 import torch
 
 from interlude.algorithms import build_algorithm
-from interlude.config import Config
-from interlude.data import SSLData, build_data, save_split
-from interlude.errors import ConfigError
-from interlude.nets import build_net
+from interlude.artifact import Checkpoint, RunMeta, write_atomic
+from interlude.config import Config, diff
+from interlude.data import SSLData, build_data
+from interlude.errors import CheckpointError, ConfigError, InterludeError
+from interlude.nets import build_net, resolve_arch
+from interlude.rundir import RunDir
 from interlude.train.distributed import DistContext, init_from_env
 from interlude.train.loop import Trainer
 
-__all__ = ["Trainer", "build_trainer", "resolve_device", "run", "run_dir_for"]
+__all__ = ["RunResult", "Trainer", "build_trainer", "resolve_config", "resolve_device", "run",
+           "run_dir_for"]
 
 log = logging.getLogger("interlude")
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns on every rank."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    weights: Checkpoint
+    """The final state, weights only, on the CPU (the estimator keeps it)."""
+    stop_signal: int | None = None
+    """SIGINT/SIGTERM when the run was interrupted (a checkpoint was saved)."""
+
+    @property
+    def finished(self) -> bool:
+        return not self.summary.get("interrupted", False)
+
+    @property
+    def stop_reason(self) -> str | None:
+        if self.stop_signal is not None:
+            return signal.Signals(self.stop_signal).name
+        return None if self.finished else "stop_after"
 
 
 def resolve_device(name: str, dist: DistContext | None = None) -> torch.device:
@@ -46,6 +81,13 @@ def run_dir_for(cfg: Config) -> Path:
     return Path(cfg.train.out_dir) / name
 
 
+def resolve_config(cfg: Config, data: SSLData) -> Config:
+    """A copy of ``cfg`` with what depends on the data decided (``model.arch=auto``)."""
+    resolved = copy.deepcopy(cfg)
+    resolved.model.arch = resolve_arch(cfg.model.arch, cfg.data.name, data.image_shape[1])
+    return resolved
+
+
 def class_weights_for(data: SSLData) -> torch.Tensor:
     """Normalised inverse labeled class frequency (the authors' TMED weighting)."""
     counts = np.bincount(data.labeled.labels, minlength=data.num_classes).astype(np.float64)
@@ -55,24 +97,58 @@ def class_weights_for(data: SSLData) -> torch.Tensor:
 
 def build_trainer(
     cfg: Config,
-    run_dir: Path,
+    run_dir: RunDir | Path,
     data: SSLData | None = None,
     dist: DistContext | None = None,
 ) -> Trainer:
-    """Build data, model and algorithm for ``cfg`` (seeded by ``train.seed``) and a Trainer."""
+    """Build data, algorithm and model for ``cfg`` (seeded by ``train.seed``) and a Trainer."""
     dist = dist or DistContext()
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device, dist)
     data = data if data is not None else build_data(cfg.data)
+    cfg = resolve_config(cfg, data)
     torch.manual_seed(cfg.train.seed)
-    channels, height, _ = data.image_shape
-    model = build_net(cfg.model, data.num_classes, channels, height, cfg.data.name)
     weights = class_weights_for(data) if cfg.data.class_weighted_loss else None
     algorithm = build_algorithm(
         cfg.algorithm, data.num_classes, weights, num_unlabeled=len(data.unlabeled)
     )
+    channels, height, _ = data.image_shape
+    model = build_net(cfg.model, data.num_classes, channels, height, cfg.data.name,
+                      fusion_strength=algorithm.fusion_strength,
+                      fusion_at_eval=cfg.algorithm.fusion_at_eval)
     return Trainer(cfg, data, model, algorithm, run_dir, device, dist)
+
+
+def check_resumable(checkpoint: Checkpoint, cfg: Config, data: SSLData, run_dir: RunDir) -> None:
+    """Refuse to continue ``checkpoint`` with another config, dataset or split (one line)."""
+    where = run_dir.last
+    if checkpoint.training is None:
+        raise CheckpointError(f"{where} holds weights only; it cannot be resumed")
+    changed = diff(checkpoint.config, cfg)
+    if changed:
+        raise CheckpointError(
+            f"{where} was written with a different config ({'; '.join(changed[:4])}); resume "
+            "with the original config, or start a new run (another train.run_name)"
+        )
+    if checkpoint.meta != RunMeta.of_data(data):
+        raise CheckpointError(
+            f"{where} was trained on other data ({checkpoint.meta.num_classes} classes of "
+            f"{checkpoint.meta.image_shape}, mean {checkpoint.meta.mean}); the dataset has "
+            "changed since: start a new run"
+        )
+    if run_dir.split.is_file():
+        try:
+            saved = json.loads(run_dir.split.read_text())
+        except ValueError:
+            saved = None
+        keys = ["labeled", "val"] + (["pool_fingerprint"] if isinstance(saved, dict)
+                                     and "pool_fingerprint" in saved else [])
+        if not isinstance(saved, dict) or any(saved.get(k) != data.split.get(k) for k in keys):
+            raise CheckpointError(
+                f"{run_dir.split} does not match the split drawn now (the dataset files changed?)"
+                "; resume would mix two splits: start a new run"
+            )
 
 
 def run(
@@ -81,45 +157,69 @@ def run(
     stop_after: int | None = None,
     data: SSLData | None = None,
     overwrite: bool = False,
-) -> Path:
-    """Train a run described by ``cfg``; returns its run directory.
+    init: Checkpoint | None = None,
+) -> RunResult:
+    """Train the run described by ``cfg`` in ``run_dir_for(cfg)``.
 
-    ``resume`` continues from ``<run dir>/checkpoints/last.pt``; ``stop_after`` trains only up to
-    that step (a checkpoint is written there), e.g. to train in chunks.
+    ``resume`` continues from its ``checkpoints/last.pt``; ``overwrite`` starts over, removing
+    every file of the run that was there (only once the new run is known to start); without
+    either, a directory that holds a run is refused. ``stop_after`` trains up to that step (a
+    checkpoint is written there), e.g. to train in chunks. ``init`` starts from another run's
+    weights (the estimator's ``warm_start``). ``data`` replaces ``build_data(cfg.data)``.
     """
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"stop_after must be >= 1, got {stop_after}")
     dist = init_from_env(cfg.train.device)
-    run_dir = run_dir_for(cfg)
-    checkpoint = run_dir / "checkpoints" / "last.pt"
-    if not resume and checkpoint.exists() and not overwrite:
+    run_dir = RunDir(run_dir_for(cfg))
+    owner = run_dir if dist.is_main else None
+    busy: Exception | None = None
+    if owner is not None:
+        try:
+            owner.acquire()
+        except InterludeError as exc:
+            busy, owner = exc, None
+    if dist.any_rank(busy is not None, resolve_device(cfg.train.device, dist)):
+        raise busy or InterludeError(f"rank 0 could not own {run_dir.path}")
+    try:
+        return _run_owned(cfg, run_dir, dist, resume, stop_after, data, overwrite, init)
+    finally:
+        if owner is not None:
+            owner.release()
+
+
+def _run_owned(cfg: Config, run_dir: RunDir, dist: DistContext, resume: bool,
+               stop_after: int | None, data: SSLData | None, overwrite: bool,
+               init: Checkpoint | None) -> RunResult:
+    checkpoint = None
+    if resume and run_dir.last.is_file():
+        checkpoint = Checkpoint.load(run_dir.last)
+    elif resume:
+        log.info("no checkpoint in %s: starting from scratch", run_dir.path)
+    elif run_dir.holds_run() and not overwrite:
         raise ConfigError(
-            f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to start "
-            "over, or set train.run_name"
+            f"{run_dir.path} already holds a run; pass --resume to continue it, --overwrite to "
+            "start over, or set train.run_name"
         )
-    if resume and not checkpoint.exists():
-        log.warning("no checkpoint in %s: starting from scratch", run_dir)
-        resume = False
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    data = data if data is not None else build_data(cfg.data)
+    cfg = resolve_config(cfg, data)
+    if checkpoint is not None:
+        check_resumable(checkpoint, cfg, data, run_dir)
     trainer = build_trainer(cfg, run_dir, data, dist)
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+        log.info("resumed %s at step %d", run_dir.path, trainer.step)
+    elif init is not None:
+        trainer.init_weights(init)
+    log.info("data: %d labeled, %d unlabeled, %d val, %d test images of shape %s",
+             len(data.labeled), len(data.unlabeled), len(data.val) if data.val else 0,
+             len(data.test) if data.test else 0, data.image_shape)
     if dist.is_main:
-        cfg.save(run_dir / "config.yaml")
-        save_split(trainer.data, run_dir / "split.json")
-        _write_data_notes(trainer.data, run_dir)
-    if resume:
-        trainer.load_checkpoint(checkpoint)
-        log.info("resumed %s at step %d", run_dir, trainer.step)
-    trainer.fit(stop_after=stop_after)
+        if checkpoint is None:
+            run_dir.clear()  # a fresh start keeps nothing of an old run (--overwrite)
+        write_atomic(run_dir.config, cfg.to_yaml())
+        write_atomic(run_dir.split, json.dumps(data.split))
+    dist.barrier()
+    summary = trainer.fit(stop_after=stop_after)
     dist.barrier()  # rank 0 has written summary.json before any rank returns
-    return run_dir
-
-
-def _write_data_notes(data: SSLData, run_dir: Path) -> None:
-    info: dict[str, Any] = {
-        "labeled": len(data.labeled),
-        "unlabeled": len(data.unlabeled),
-        "val": len(data.val) if data.val is not None else 0,
-        "test": len(data.test) if data.test is not None else 0,
-        "image_shape": list(data.image_shape),
-        "classes": list(data.class_names),
-    }
-    log.info("data: %s", ", ".join(f"{k}={v}" for k, v in info.items() if k != "classes"))
+    return RunResult(run_dir.path, summary, trainer.checkpoint(False).weights_only(),
+                     trainer.stop_signal)

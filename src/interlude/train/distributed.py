@@ -12,7 +12,8 @@ path. Semantics (see ``docs/distributed.md``):
   averaged gradient equals the single-process gradient of the global batch (BatchNorm statistics
   excepted: they are per rank unless ``train.sync_bn``).
 - Evaluation is sharded by whole eval batches and the predictions are gathered, so every rank
-  computes the same metrics; only rank 0 logs and writes checkpoints.
+  computes the same metrics (:func:`interlude.train.evaluate.evaluate_model`); only rank 0 logs
+  and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -23,14 +24,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from interlude.data.base import ImageSet
 from interlude.errors import ConfigError
-from interlude.train.evaluate import classification_metrics, predict_logits
 
 log = logging.getLogger("interlude")
 
@@ -42,8 +40,6 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    owns_group: bool = False
-    """True when :func:`init_from_env` created the process group (and :meth:`close` ends it)."""
 
     @property
     def is_main(self) -> bool:
@@ -118,38 +114,6 @@ class DistContext:
         torch_dist.all_gather_object(gathered, obj)
         return gathered
 
-    # ------------------------------------------------------------------ evaluation
-    def evaluate_model(
-        self,
-        model: nn.Module,
-        images: ImageSet,
-        preprocess,
-        num_classes: int,
-        batch_size: int,
-        device: torch.device,
-    ) -> dict[str, Any]:
-        """Metrics of ``model`` on ``images``; each rank scores one shard, predictions gathered.
-
-        Shards are made of whole eval batches, so every batch is the one a single process would
-        form (this matters with ``fusion_at_eval``, where a prediction depends on its batch).
-        """
-        start, stop = shard_range(len(images), batch_size, self.rank, self.world_size)
-        predictions = np.empty(0, dtype=np.int64)
-        if stop > start:
-            shard = images.images[start:stop]
-            logits = predict_logits(model, shard, preprocess, batch_size, device)
-            predictions = logits.argmax(-1).numpy().astype(np.int64)
-        gathered = self.all_gather_object(predictions)
-        all_predictions = np.concatenate(gathered) if gathered else predictions
-        return classification_metrics(images.labels, all_predictions, num_classes)
-
-    # ------------------------------------------------------------------ lifetime
-    def close(self) -> None:
-        """End the process group if this context created it."""
-        if self.owns_group:
-            _destroy_group()
-            self.owns_group = False
-
 
 def shard_range(n: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
     """Rows ``[start, stop)`` of rank ``rank`` when ``n`` rows are split in whole batches.
@@ -162,36 +126,6 @@ def shard_range(n: int, batch_size: int, rank: int, world_size: int) -> tuple[in
     first = rank * per_rank + min(rank, extra)
     count = per_rank + (1 if rank < extra else 0)
     return min(n, first * batch_size), min(n, (first + count) * batch_size)
-
-
-def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
-    """In-place mean over ranks when a process group is running; a no-op otherwise.
-
-    For algorithms whose state is a statistic of the batch (FreeMatch's thresholds, class
-    histograms): averaging the per-rank batch statistics keeps that state identical on every
-    rank, as it would be for one process seeing the global batch.
-    """
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        world_size = torch_dist.get_world_size()
-        if world_size > 1:
-            torch_dist.all_reduce(tensor)
-            tensor.div_(world_size)
-    return tensor
-
-
-def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate an equally shaped tensor from every rank (rank order); itself without a group.
-
-    For per-sample algorithm state (FlexMatch's memory of confident predictions): every rank
-    applies the updates of all ranks, so the state stays identical everywhere.
-    """
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        world_size = torch_dist.get_world_size()
-        if world_size > 1:
-            parts = [torch.empty_like(tensor) for _ in range(world_size)]
-            torch_dist.all_gather(parts, tensor.contiguous())
-            return torch.cat(parts)
-    return tensor
 
 
 def _destroy_group() -> None:
@@ -213,11 +147,9 @@ def init_from_env(device: str = "auto") -> DistContext:
     use_cuda = torch.cuda.is_available() and not device.startswith("cpu")
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    owns_group = False
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         atexit.register(_destroy_group)
-        owns_group = True
     if rank != 0:
         log.setLevel(logging.WARNING)
-    return DistContext(rank, world_size, local_rank, owns_group)
+    return DistContext(rank, world_size, local_rank)

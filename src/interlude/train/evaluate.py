@@ -1,11 +1,16 @@
-"""Evaluation: top-1, balanced accuracy, macro F1 and the confusion matrix."""
+"""Evaluation: top-1, balanced accuracy, macro F1 and the confusion matrix, sharded under DDP."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 from torch import nn
+
+from interlude.data.base import ImageSet
+from interlude.train.distributed import DistContext, shard_range
 
 
 def classification_metrics(
@@ -51,3 +56,27 @@ def predict_logits(
     logits = logits_in_batches(model, images, preprocess, batch_size, device)
     model.train(was_training)
     return logits
+
+
+def evaluate_model(
+    model: nn.Module,
+    images: ImageSet,
+    preprocess,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+    dist: DistContext | None = None,
+) -> dict[str, Any]:
+    """Metrics of ``model`` on ``images``; under DDP each rank scores one shard, gathered.
+
+    Shards are made of whole eval batches, so every batch is the one a single process would
+    form (this matters with ``fusion_at_eval``, where a prediction depends on its batch).
+    """
+    dist = dist or DistContext()
+    start, stop = shard_range(len(images), batch_size, dist.rank, dist.world_size)
+    predictions = np.empty(0, dtype=np.int64)
+    if stop > start:
+        logits = predict_logits(model, images.images[start:stop], preprocess, batch_size, device)
+        predictions = logits.argmax(-1).numpy().astype(np.int64)
+    gathered = dist.all_gather_object(predictions)
+    return classification_metrics(images.labels, np.concatenate(gathered), num_classes)

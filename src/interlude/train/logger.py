@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from interlude.artifact import write_atomic
+
 log = logging.getLogger("interlude")
 
 TRAIN_COLUMNS = [
@@ -55,22 +57,56 @@ class RunLogger:
             self._tb.close()
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``; a torn or damaged line is dropped with a warning.
+
+    A kill while a line is being appended leaves half a line at the end; that must cost the
+    line, never the run's history (or a ``JSONDecodeError`` in ``interlude report``).
+    """
+    if not path.exists():
+        return []
+    records, damaged = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            damaged += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step", 0), int):
+            records.append(record)
+        else:
+            damaged += 1
+    if damaged:
+        log.warning("%s: dropped %d damaged line(s) (a write interrupted by a kill?)", path, damaged)
+    return records
+
+
 def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the records up to ``last_step``; the file is replaced atomically."""
     if not path.exists():
         return
-    kept = [
-        line for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= last_step
-    ]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = [json.dumps(r) + "\n" for r in read_jsonl(path) if r.get("step", 0) <= last_step]
+    write_atomic(path, "".join(kept))
 
 
 def _truncate_csv(path: Path, last_step: int) -> None:
+    """Keep the header and the rows up to ``last_step`` (torn rows dropped); atomic."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines()
-    kept = lines[:1] + [line for line in lines[1:] if int(line.split(",")[0]) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    lines = path.read_text(errors="replace").splitlines()
+    kept = [line for line in lines[1:] if _csv_step(line) is not None
+            and _csv_step(line) <= last_step and len(line.split(",")) == len(TRAIN_COLUMNS)]
+    header = lines[:1] if lines and lines[0].startswith("step,") else [",".join(TRAIN_COLUMNS)]
+    write_atomic(path, "".join(line + "\n" for line in header + kept))
+
+
+def _csv_step(line: str) -> int | None:
+    try:
+        return int(line.split(",", 1)[0])
+    except ValueError:
+        return None
 
 
 def _tensorboard_writer(run_dir: Path):

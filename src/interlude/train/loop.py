@@ -21,33 +21,29 @@ import torch
 from torch import nn
 
 from interlude.algorithms.base import Algorithm
+from interlude.artifact import (
+    Checkpoint,
+    NonFiniteState,
+    RunMeta,
+    rng_state,
+    set_rng_state,
+    write_atomic,
+)
 from interlude.config import Config
 from interlude.data.base import SSLData
 from interlude.data.layout import build_layout
 from interlude.data.sampler import StepSampler
-from interlude.errors import CheckpointError, ConfigError, TrainingDiverged
-from interlude.train.checkpoint import (
-    FORMAT_VERSION,
-    config_differences,
-    load_checkpoint,
-    rng_state,
-    save_atomic,
-    set_rng_state,
-)
+from interlude.errors import CheckpointError, ConfigError, InterludeError, TrainingDiverged
+from interlude.rundir import RunDir
 from interlude.train.distributed import DistContext
 from interlude.train.ema import ModelEMA, unwrap
-from interlude.train.forward import BatchBuilder, Preprocess, forward_views
+from interlude.train.evaluate import evaluate_model
+from interlude.train.forward import forward_views
+from interlude.train.input_pipeline import BatchBuilder, Preprocess
 from interlude.train.logger import Progress, RunLogger
 from interlude.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("interlude")
-
-# Config keys that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = {
-    "train.log_interval", "train.eval_interval", "train.checkpoint_interval", "train.progress",
-    "train.tensorboard", "train.num_workers", "train.device", "train.threads",
-    "train.eval_batch_size", "train.out_dir", "train.run_name", "data.data_dir", "data.download",
-}
 
 
 class Trainer:
@@ -57,13 +53,15 @@ class Trainer:
         data: SSLData,
         model: nn.Module,
         algorithm: Algorithm,
-        run_dir: Path,
+        run_dir: RunDir | Path,
         device: torch.device,
         dist: DistContext | None = None,
     ) -> None:
+        """``model`` comes with its fusion fixed (``build_net(fusion_strength=...)``)."""
         self.cfg = cfg
         self.data = data
-        self.run_dir = run_dir
+        self.meta = RunMeta.of_data(data)
+        self.run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         self.device = device
         self.dist = dist or DistContext()
         t = cfg.train
@@ -76,8 +74,6 @@ class Trainer:
         self.autocast = t.precision == "bf16" and device.type == "cuda"
         if t.precision == "bf16" and device.type != "cuda":
             log.warning("train.precision=bf16 applies on CUDA only; this %s run uses fp32", device)
-        model.fusion.strength = algorithm.fusion_strength
-        model.fusion.at_eval = cfg.algorithm.fusion_at_eval
         model = model.to(device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -103,17 +99,19 @@ class Trainer:
         self.step = 0
         self.best: dict[str, Any] | None = None
         self.last_eval: dict[str, Any] = {}
+        self.saved_step: int | None = None
+        """Step of the last ``last.pt`` written (or resumed from): the last good checkpoint."""
+        self.stop_signal: int | None = None
         self._stop_requested = False
         self._diverged = torch.zeros((), dtype=torch.bool, device=device)
 
     # ------------------------------------------------------------------ one step
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
-        x, labels, idx_u = self.batches.build(step)
-        self.algorithm.current_unlabeled_indices = idx_u
+        batch = self.batches.build(step)
         self.train_model.train()
         with torch.autocast("cuda", torch.bfloat16) if self.autocast else nullcontext():
-            logits = forward_views(self.train_model, x, self.layout)
-        loss, metrics = self.algorithm.loss(logits, labels, step)
+            logits = forward_views(self.train_model, batch.x, self.layout)
+        loss, metrics = self.algorithm.loss(logits, batch, step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -129,7 +127,7 @@ class Trainer:
         t = self.cfg.train
         end = t.steps if stop_after is None else min(t.steps, stop_after)
         main = self.dist.is_main
-        logger = RunLogger(self.run_dir, t.tensorboard, resume_step=self.step) if main else None
+        logger = RunLogger(self.run_dir.path, t.tensorboard, resume_step=self.step) if main else None
         progress = Progress(t.steps, self.step, t.progress and main)
         sums: dict[str, torch.Tensor] = {}
         window = _Window(self.step)
@@ -155,6 +153,12 @@ class Trainer:
                 self.save_checkpoint()
                 progress.write(f"interrupted: checkpoint saved at step {self.step}; "
                                "continue with --resume")
+        except OSError as exc:  # e.g. the disk filled up while appending to the metrics
+            raise InterludeError(
+                f"could not write {exc.filename or 'a run file'} "
+                f"({exc.strerror or type(exc).__name__}) at step {self.step}; training stopped "
+                f"and {self._kept()}"
+            ) from None
         finally:
             self.batches.close()
             progress.close()
@@ -162,7 +166,7 @@ class Trainer:
                 logger.close()
         summary = self.summary(interrupted=self.step < t.steps)
         if main and self.step >= t.steps:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            write_atomic(self.run_dir.summary, json.dumps(summary, indent=1))
         return summary
 
     def _should_stop(self) -> bool:
@@ -198,13 +202,16 @@ class Trainer:
     def _check_finite(self) -> None:
         diverged = bool(self.dist.all_reduce_max(self._diverged.float()).item())
         if diverged:
-            last = self.run_dir / "checkpoints" / "last.pt"
-            kept = (f"the last good checkpoint is {last}" if last.exists()
-                    else "no checkpoint had been written yet")
             raise TrainingDiverged(
-                f"loss became NaN/inf before step {self.step}; training stopped and {kept}. "
-                "Lower train.lr or check the data for NaN values"
+                f"loss became NaN/inf before step {self.step}; training stopped and "
+                f"{self._kept()}. Lower train.lr or check the data for NaN values"
             )
+
+    def _kept(self) -> str:
+        """What a stopped run leaves to continue from, for its error message."""
+        if self.saved_step is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint is {self.run_dir.last} (step {self.saved_step})"
 
     # ------------------------------------------------------------------ evaluation
     def eval_models(self) -> dict[str, nn.Module]:
@@ -223,9 +230,9 @@ class Trainer:
             if images is None or len(images) == 0:
                 continue
             for name, model in self.eval_models().items():
-                metrics = self.dist.evaluate_model(
+                metrics = evaluate_model(
                     model, images, self.preprocess, self.data.num_classes,
-                    self.cfg.train.eval_batch_size, self.device,
+                    self.cfg.train.eval_batch_size, self.device, self.dist,
                 )
                 for key, value in metrics.items():
                     record[f"{split}/{name}/{key}"] = value
@@ -266,75 +273,81 @@ class Trainer:
         }
 
     # ------------------------------------------------------------------ checkpoints
-    def meta(self) -> dict[str, Any]:
-        d = self.data
-        return {
-            "num_classes": d.num_classes,
-            "class_names": list(d.class_names),
-            "image_shape": list(d.image_shape),
-            "mean": list(d.mean),
-            "std": list(d.std),
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "step": self.step,
-            "config": self.cfg.to_dict(),
-            "meta": self.meta(),
-            "model": unwrap(self.model).state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "algorithm": self.algorithm.state_dict(),
-            "rng": rng_state(),
-            "best": self.best,
-            "last_eval": self.last_eval,
-        }
+    def checkpoint(self, with_training_state: bool = True) -> Checkpoint:
+        """The current state as a :class:`Checkpoint` (tensors not copied)."""
+        training = None
+        if with_training_state:
+            training = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "algorithm": self.algorithm.state_dict(),
+                "rng": rng_state(),
+            }
+        return Checkpoint(
+            step=self.step, config=self.cfg, meta=self.meta,
+            model=unwrap(self.model).state_dict(),
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            training=training, best=self.best, last_eval=self.last_eval,
+        )
 
     def save_checkpoint(self) -> None:
+        """Write ``last.pt``; a state with NaN/inf anywhere stops training and is not written."""
         self._check_finite()
-        if self.dist.is_main:
-            save_atomic(self.state_dict(), self.run_dir / "checkpoints" / "last.pt")
-        self.dist.barrier()
+        self._save(self.checkpoint(), self.run_dir.last)
+        self.saved_step = self.step
 
     def _save_best(self) -> None:
-        if self.dist.is_main:
-            state = {
-                "format_version": FORMAT_VERSION, "step": self.step,
-                "config": self.cfg.to_dict(), "meta": self.meta(),
-                "model": unwrap(self.model).state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "best": self.best,
-            }
-            save_atomic(state, self.run_dir / "checkpoints" / "best.pt")
+        self._save(self.checkpoint(with_training_state=False), self.run_dir.best)
 
-    def load_checkpoint(self, path: Path) -> None:
-        """Restore everything needed to continue exactly where the checkpoint was taken."""
-        state = load_checkpoint(path, self.device)
-        diffs = config_differences(state["config"], self.cfg.to_dict(), RESUMABLE_CHANGES)
-        if diffs:
-            raise CheckpointError(
-                f"{path} was written with a different config ({'; '.join(diffs)}); resume with "
-                "the original config, or start a new run (another train.run_name)"
+    def _save(self, checkpoint: Checkpoint, path: Path) -> None:
+        """Rank 0 writes; every rank learns whether the state was finite and stops together."""
+        problem = ""
+        if self.dist.is_main:
+            try:
+                checkpoint.save(path)
+            except NonFiniteState as exc:
+                problem = str(exc)
+        if self.dist.any_rank(bool(problem), self.device):
+            raise TrainingDiverged(
+                f"{problem or 'non-finite values on rank 0'}: training stopped and {self._kept()}."
+                " Lower train.lr or check the data for NaN values"
             )
-        if "optimizer" not in state:
-            raise CheckpointError(f"{path} holds weights only (best.pt?); resume from last.pt")
+        self.dist.barrier()
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue exactly where ``checkpoint`` (a ``last.pt``, already checked) was taken."""
+        if checkpoint.training is None:
+            raise CheckpointError("this checkpoint holds weights only (best.pt?); resume from "
+                                  "last.pt")
+        state = checkpoint.training
         try:
-            unwrap(self.model).load_state_dict(state["model"])
+            unwrap(self.model).load_state_dict(checkpoint.model)
             if self.ema is not None:
-                self.ema.load_state_dict(state["ema"])
+                self.ema.load_state_dict(checkpoint.ema)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.algorithm.load_state_dict(state["algorithm"])
-        except (RuntimeError, KeyError, ValueError) as exc:
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(
-                f"{path} does not match this model/algorithm: {str(exc).splitlines()[0][:200]}"
+                f"the checkpoint does not match this model/algorithm: "
+                f"{str(exc).splitlines()[0][:200]}"
             ) from None
         set_rng_state(state["rng"])
-        self.step = int(state["step"])
-        self.best = state.get("best")
-        self.last_eval = state.get("last_eval") or {}
+        self.step = self.saved_step = checkpoint.step
+        self.best = checkpoint.best
+        self.last_eval = checkpoint.last_eval
+
+    def init_weights(self, checkpoint: Checkpoint) -> None:
+        """Start from another run's weights (raw and EMA) with a fresh optimiser and schedule."""
+        try:
+            unwrap(self.model).load_state_dict(checkpoint.model)
+            if self.ema is not None:
+                self.ema.load_state_dict(checkpoint.ema or checkpoint.model)
+        except RuntimeError:
+            raise ConfigError(
+                "the starting weights describe another network (arch/width/classes changed); "
+                "start from scratch instead"
+            ) from None
 
     # ------------------------------------------------------------------ interruption
     @contextmanager
@@ -348,6 +361,7 @@ class Trainer:
             if self._stop_requested:  # second Ctrl-C: give up immediately
                 raise KeyboardInterrupt
             self._stop_requested = True
+            self.stop_signal = signum
 
         previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

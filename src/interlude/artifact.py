@@ -1,0 +1,345 @@
+"""The run artifact contract: what a checkpoint holds, how it is written and read, and the one
+place where a network is rebuilt from saved metadata.
+
+Every reader (resume, ``interlude eval``/``predict``/``export``, the estimator, ``interlude.load``)
+goes through :class:`Checkpoint` and :func:`build_inference_net`, so a file is validated once, the
+same way, and a model for inference is always built the same way: embedding fusion off, eval mode.
+
+Writing is atomic (temporary file in the same folder, fsync, ``os.replace``): a kill or a full
+disk leaves the previous file, never half of a new one. A checkpoint holds only tensors, numbers,
+strings, lists and dicts, loads with ``torch.load(weights_only=True)`` and is refused before it
+is written if any tensor in it is NaN or infinite, so "the last good checkpoint" is good.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import nn
+
+from interlude.config import Config, ModelConfig, config_from_dict
+from interlude.errors import CheckpointError, InterludeError, TrainingDiverged
+
+FORMAT_VERSION = 1
+TMP_SUFFIX = ".tmp"
+_TRAINING_KEYS = ("optimizer", "scheduler", "algorithm", "rng")
+
+
+class WriteError(InterludeError):
+    """A file could not be written (disk full, permissions); the previous version is kept."""
+
+
+class NonFiniteState(TrainingDiverged):
+    """A checkpoint would hold NaN/inf values; it was not written."""
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None] | bytes | str) -> None:
+    """Write ``path`` through a temporary file in its folder and ``os.replace``.
+
+    ``write`` is the content (bytes or text) or a function writing to a binary handle. On any
+    failure the temporary file is removed and the old ``path`` (if any) is left untouched; an
+    ``OSError`` (disk full, read-only folder) becomes a one-line :class:`WriteError`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if callable(write):
+                write(handle)
+            else:
+                handle.write(write.encode() if isinstance(write, str) else write)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
+        reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (
+            exc.strerror or type(exc).__name__)
+        raise WriteError(f"could not write {path}: {reason}; {kept}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_orphan_temporaries(folder: Path) -> list[Path]:
+    """Delete ``.*.tmp`` files an interrupted :func:`write_atomic` left in ``folder`` (recursive)."""
+    removed = []
+    if folder.is_dir():
+        for path in folder.rglob(f".*{TMP_SUFFIX}"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+# ----------------------------------------------------------------------------- metadata
+@dataclass(frozen=True)
+class RunMeta:
+    """What a trained network needs besides its weights: classes and input preprocessing."""
+
+    num_classes: int
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of_data(cls, data: Any) -> RunMeta:
+        """The metadata of an :class:`~interlude.data.SSLData`."""
+        return cls.from_dict({
+            "num_classes": data.num_classes, "class_names": list(data.class_names),
+            "image_shape": list(data.image_shape), "mean": list(data.mean), "std": list(data.std),
+        }, "the dataset")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "class_names": list(self.class_names),
+                "image_shape": list(self.image_shape), "mean": list(self.mean),
+                "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str) -> RunMeta:
+        """Validate ``raw`` as hostile input; every problem is one line naming ``source``."""
+
+        def bad(what: str) -> CheckpointError:
+            return CheckpointError(f"{source}: {what}; it was not written by interlude or is "
+                                   "damaged: re-export or retrain")
+
+        if not isinstance(raw, dict):
+            raise bad("the metadata is not a mapping")
+        num_classes = raw.get("num_classes")
+        if not _is_int(num_classes) or not 2 <= num_classes <= 1_000_000:
+            raise bad(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        names = raw.get("class_names")
+        if not isinstance(names, (list, tuple)) or len(names) != num_classes or not all(
+            isinstance(n, (str, int)) and not isinstance(n, bool) for n in names
+        ):
+            raise bad(f"class_names must list {num_classes} names (one per output)")
+        if len({str(n) for n in names}) != len(names):
+            raise bad("class_names holds the same name twice")
+        shape = raw.get("image_shape")
+        if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(map(_is_int, shape))
+                and shape[0] in (1, 3) and min(shape[1:]) >= 4 and max(shape[1:]) <= 8192):
+            raise bad(f"image_shape must be [channels 1|3, height, width >= 4], got {shape!r}")
+        channels = int(shape[0])
+        stats = {}
+        for key in ("mean", "std"):
+            values = raw.get(key)
+            if not (isinstance(values, (list, tuple)) and len(values) == channels and all(
+                _is_number(v) and math.isfinite(v) for v in values
+            )):
+                raise bad(f"{key} must hold {channels} finite number(s), got {values!r}")
+            stats[key] = tuple(float(v) for v in values)
+        if min(stats["std"]) <= 0:
+            raise bad(f"std must be positive, got {list(stats['std'])}")
+        return cls(int(num_classes), tuple(str(n) for n in names),
+                   (channels, int(shape[1]), int(shape[2])), stats["mean"], stats["std"])
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# ----------------------------------------------------------------------------- the network
+def build_inference_net(model_cfg: ModelConfig, meta: RunMeta,
+                        weights: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """The one place a network is rebuilt from saved metadata: eval mode, fusion off.
+
+    ``model_cfg.arch`` must be resolved (never ``auto``); the saved weights hold every
+    parameter, so ``model.pretrained`` is ignored.
+    """
+    from interlude.nets import build_net
+
+    cfg = ModelConfig(**{**model_cfg.__dict__, "pretrained": None})
+    channels, height, _ = meta.image_shape
+    model = build_net(cfg, meta.num_classes, channels, height)
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, KeyError) as exc:
+        raise CheckpointError(
+            f"{source}: its weights do not match a {cfg.arch} network for {meta.num_classes} "
+            f"classes ({str(exc).splitlines()[0][:160]})"
+        ) from None
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+@dataclass
+class Checkpoint:
+    """A checkpoint: weights + config + metadata, and for ``last.pt`` the training state.
+
+    ``training`` (optimizer, scheduler, algorithm buffers, RNG) is present only in a checkpoint
+    a run can resume from; ``best.pt`` and the estimator's in-memory copy hold weights only.
+    """
+
+    step: int
+    config: Config
+    meta: RunMeta
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None = None
+    training: dict[str, Any] | None = None
+    best: dict[str, Any] | None = None
+    last_eval: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> str:
+        """``'ema'`` when the checkpoint has EMA weights (what evaluation reports), else ``'raw'``."""
+        return "ema" if self.ema is not None else "raw"
+
+    def weights(self, which: str | None = None) -> dict[str, torch.Tensor]:
+        which = which or self.primary
+        if which not in ("ema", "raw"):
+            raise CheckpointError(f"unknown weights '{which}': use 'ema' or 'raw'")
+        weights = self.ema if which == "ema" else self.model
+        if weights is None:
+            raise CheckpointError(
+                "this checkpoint has no EMA weights (trained with train.ema_decay=0); use "
+                "--model raw"
+            )
+        return weights
+
+    def build_model(self, which: str | None = None, source: str = "checkpoint") -> nn.Module:
+        """The network with the ``ema`` or ``raw`` weights (default: the primary), for inference."""
+        return build_inference_net(self.config.model, self.meta, self.weights(which), source)
+
+    def weights_only(self) -> Checkpoint:
+        """A CPU copy without training state (what ``best.pt`` and the estimator keep)."""
+
+        def cpu(state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+            if state is None:
+                return None
+            return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+        return Checkpoint(self.step, self.config, self.meta, cpu(self.model) or {}, cpu(self.ema),
+                          None, self.best, dict(self.last_eval))
+
+    # ------------------------------------------------------------------ dict form
+    def to_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "format_version": FORMAT_VERSION, "step": self.step, "config": self.config.to_dict(),
+            "meta": self.meta.to_dict(), "model": self.model, "ema": self.ema,
+            "best": self.best, "last_eval": self.last_eval,
+        }
+        if self.training is not None:
+            state.update(self.training)
+        return state
+
+    @classmethod
+    def from_dict(cls, state: Any, source: str) -> Checkpoint:
+        if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"{source} is not an interlude checkpoint of format "
+                                  f"{FORMAT_VERSION}")
+        missing = [k for k in ("step", "config", "meta", "model") if k not in state]
+        if missing:
+            raise CheckpointError(f"{source} lacks {', '.join(missing)}: it is damaged")
+        if not _is_int(state["step"]) or state["step"] < 0:
+            raise CheckpointError(f"{source}: step must be a non-negative integer")
+        try:
+            config = config_from_dict(state["config"])
+        except InterludeError as exc:
+            raise CheckpointError(f"{source} holds an invalid config: {exc}") from None
+        for key in ("model", "ema"):
+            weights = state.get(key)
+            if weights is not None and not (isinstance(weights, dict) and all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+            )):
+                raise CheckpointError(f"{source}: '{key}' is not a state dict of tensors")
+        meta = RunMeta.from_dict(state["meta"], source)
+        if config.model.arch == "auto":  # written before arch was resolved with the config
+            from interlude.nets import resolve_arch
+
+            config.model.arch = resolve_arch("auto", config.data.name, meta.image_shape[1])
+        has_training = all(k in state for k in _TRAINING_KEYS)
+        return cls(
+            step=int(state["step"]), config=config, meta=meta, model=state["model"],
+            ema=state.get("ema"),
+            training={k: state[k] for k in _TRAINING_KEYS} if has_training else None,
+            best=state.get("best"), last_eval=state.get("last_eval") or {},
+        )
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path) -> None:
+        """Write atomically, after checking every tensor is finite (else :class:`NonFiniteState`)."""
+        state = self.to_dict()
+        bad = non_finite_entries(state)
+        if bad:
+            more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+            raise NonFiniteState(
+                f"step {self.step}: NaN/inf in {', '.join(bad[:3])}{more}; {Path(path).name} was "
+                "not written"
+            )
+        write_atomic(path, lambda handle: torch.save(state, handle))
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+        """Load with ``weights_only=True`` (no code runs) and validate; one-line errors."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # torch raises many types for truncated/corrupt/unsafe files
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt or not an interlude checkpoint "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+                "delete it to start over, or use another run"
+            ) from None
+        return cls.from_dict(state, str(path))
+
+
+def non_finite_entries(tree: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors in a nested dict/list holding NaN or inf.
+
+    The per-tensor flags are stacked per device and read once, so this costs one host
+    synchronisation per device however many tensors there are.
+    """
+    tensors: list[tuple[str, torch.Tensor]] = []
+    _collect_float_tensors(tree, prefix, tensors)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, tensor) in enumerate(tensors):
+        by_device.setdefault(tensor.device, []).append(i)
+    bad: set[int] = set()
+    for rows in by_device.values():
+        flags = torch.stack([torch.isfinite(tensors[i][1]).all() for i in rows]).tolist()
+        bad.update(i for i, ok in zip(rows, flags, strict=True) if not ok)
+    return [tensors[i][0] for i in sorted(bad)]
+
+
+def _collect_float_tensors(tree: Any, prefix: str, out: list[tuple[str, torch.Tensor]]) -> None:
+    if isinstance(tree, torch.Tensor):
+        if tree.is_floating_point():
+            out.append((prefix or "<tensor>", tree.detach()))
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            _collect_float_tensors(value, f"{prefix}.{key}" if prefix else str(key), out)
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            _collect_float_tensors(value, f"{prefix}.{i}" if prefix else str(i), out)
+
+
+# ----------------------------------------------------------------------------- RNG
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,159 @@
+"""The input pipeline: a step's images gathered by index, augmented and normalised.
+
+:class:`BatchBuilder` gathers a step's images by index and augments them as a batch on the
+training device (``augment_on: device``), or takes them from DataLoader workers that augment per
+image (``augment_on: workers``, :mod:`interlude.train.workers`), and returns a
+:class:`~interlude.algorithms.base.Batch`.
+
+Nothing here reads a device value on the host: host-made indices reach CUDA through pinned,
+non-blocking copies, so the CPU can queue the next step while the GPU still runs this one.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from interlude.algorithms.base import Batch
+from interlude.data.augment import (
+    normalize,
+    strong_augment,
+    to_device,
+    to_float,
+    weak_augment,
+)
+from interlude.data.base import ImageSet
+from interlude.data.sampler import STREAM_AUGMENT, StepSampler, step_generator
+from interlude.train.workers import PairedViews, WorkerBatches
+
+DEVICE_RESIDENT_BYTES = 2 << 30  # image sets up to 2 GiB are copied to the device once
+
+
+class Preprocess:
+    """uint8 ``(N, C, H, W)`` -> normalised float, in the model's memory format."""
+
+    def __init__(self, mean, std, device: torch.device, channels_last: bool) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.channels_last = channels_last
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = normalize(x, self.mean, self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return self.normalize(to_float(images_uint8))
+
+
+class ImageStore:
+    """Images gathered by index: resident on the device when small, else gathered on the host."""
+
+    def __init__(self, images: ImageSet, device: torch.device) -> None:
+        self.device = device
+        array = images.images
+        self.on_device = array.nbytes <= DEVICE_RESIDENT_BYTES and not isinstance(array, np.memmap)
+        if self.on_device:
+            self.images = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        else:
+            self.array = array
+
+    def gather(self, indices: torch.Tensor) -> torch.Tensor:
+        if self.on_device:
+            return self.images.index_select(0, to_device(indices, self.device))
+        batch = torch.from_numpy(self.array[np.sort(indices.numpy())])
+        # np.sort keeps memmap reads sequential; restore the requested order afterwards
+        order = torch.argsort(torch.argsort(indices))
+        return to_device(batch[order], self.device)
+
+
+class BatchBuilder:
+    """Builds one step's :class:`Batch`: views in natural order, labels, pool indices."""
+
+    def __init__(
+        self,
+        labeled: ImageSet,
+        unlabeled: ImageSet,
+        sampler: StepSampler,
+        views: tuple[str, ...],
+        preprocess: Preprocess,
+        hflip: bool,
+        seed: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        augment_on: str = "device",
+        num_workers: int = 0,
+        total_steps: int = 0,
+    ) -> None:
+        self.labels = torch.from_numpy(labeled.labels).to(device)
+        self.uses_unlabeled = "uw" in views or "us" in views
+        self.workers: WorkerBatches | None = None
+        if augment_on == "workers":
+            dataset = PairedViews(
+                labeled.images, unlabeled.images if self.uses_unlabeled else None, views,
+                hflip, seed,
+            )
+            self.workers = WorkerBatches(
+                dataset, sampler, total_steps, num_workers, rank, world_size,
+                pin_memory=device.type == "cuda",
+            )
+        else:  # images live where they are augmented
+            self.labeled = ImageStore(labeled, device)
+            self.unlabeled = ImageStore(unlabeled, device) if self.uses_unlabeled else None
+        self.sampler = sampler
+        self.views = views
+        self.preprocess = preprocess
+        self.hflip = hflip
+        self.seed = seed
+        self.device = device
+        self.rank = rank
+        self.world_size = world_size
+        self.local_batch = sampler.batch_size // world_size
+        self.last_build_seconds = 0.0
+
+    def indices(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's labeled indices ``(b,)`` and unlabeled indices ``(b, mu)``."""
+        rows = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+        idx_l = self.sampler.labeled(step)[rows]
+        idx_u = self.sampler.unlabeled(step)[rows] if self.uses_unlabeled else None
+        return idx_l, idx_u
+
+    def build(self, step: int) -> Batch:
+        """Augmented, normalised views of ``step`` (natural order), labels and pool indices."""
+        started = time.perf_counter()
+        idx_l, idx_u = self.indices(step)
+        if self.workers is not None:
+            x = self.preprocess(to_device(self.workers.get(step), self.device))
+        else:
+            x = self._augment_on_device(step, idx_l, idx_u)
+        idx_l_device = to_device(idx_l, self.device)
+        labels = self.labels.index_select(0, idx_l_device)
+        flat_u = to_device(idx_u.reshape(-1), self.device) if idx_u is not None else None
+        self.last_build_seconds = time.perf_counter() - started
+        return Batch(labels=labels, unlabeled_indices=flat_u, labeled_indices=idx_l_device, x=x)
+
+    def _augment_on_device(
+        self, step: int, idx_l: torch.Tensor, idx_u: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Batched weak/strong views; randomness from generators per (seed, step, rank).
+
+        The RandAugment op plan comes from a host generator, so grouping images by op never
+        copies device values to the host (no sync on CUDA); pixel-level draws stay on the device.
+        """
+        generator = step_generator(self.seed, step, STREAM_AUGMENT * 1000 + self.rank, self.device)
+        plan = step_generator(self.seed, step, STREAM_AUGMENT * 1000 + 500 + self.rank, "cpu")
+        parts: list[torch.Tensor] = []
+        xl = to_float(self.labeled.gather(idx_l))
+        xu = to_float(self.unlabeled.gather(idx_u.reshape(-1))) if idx_u is not None else None
+        for view in self.views:  # natural order: lw, uw, ls, us
+            weak = weak_augment(xl if view.startswith("l") else xu, generator, self.hflip)
+            strong = view.endswith("s")
+            parts.append(strong_augment(weak, generator, plan_generator=plan) if strong else weak)
+        return self.preprocess.normalize(torch.cat(parts))
+
+    def close(self) -> None:
+        """Stop augmentation workers, if any (restarted on the next :meth:`build`)."""
+        if self.workers is not None:
+            self.workers.close()

@@ -1,0 +1,327 @@
+"""The config schema: every numeric key's range (generated from the field metadata), device
+strings, duplicate YAML keys, per-algorithm defaults, bookkeeping keys and ``config.diff``."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from interlude.config import (
+    ALGORITHM_DEFAULTS,
+    BOOKKEEPING_KEYS,
+    AlgorithmConfig,
+    Config,
+    Range,
+    config_from_dict,
+    config_reference_markdown,
+    diff,
+    load_config,
+    schema,
+)
+from interlude.errors import ConfigError
+
+NUMERIC_KINDS = ("int", "float", "list[int]")
+RANGED = {key: spec for key, spec in schema().items() if spec.range is not None}
+
+# Settings a boundary value needs to pass the cross-field checks of validate().
+CONTEXT = {
+    "train.mu": ["algorithm.name=supervised"],  # mu=0 is for supervised only
+    "train.momentum": ["train.nesterov=false"],  # Nesterov needs momentum > 0
+}
+
+
+def _outside(rng: Range, integer: bool) -> list[float]:
+    """Values just outside each finite bound, plus NaN and +-inf for floats."""
+    step = 1 if integer else 0.5
+    values = []
+    if rng.ge is not None:
+        values.append(rng.ge - step)
+    if rng.gt is not None:
+        values.append(rng.gt)
+    if rng.le is not None:
+        values.append(rng.le + step)
+    if rng.lt is not None:
+        values.append(rng.lt)
+    if not integer:
+        values += [math.nan, math.inf, -math.inf]
+    return [int(v) if integer else float(v) for v in values]
+
+
+def _inside(rng: Range, integer: bool) -> list[float]:
+    """The inclusive bounds themselves (they must be accepted)."""
+    values = [b for b in (rng.ge, rng.le) if b is not None]
+    return [int(v) if integer else float(v) for v in values]
+
+
+def _text(value: float | list) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(_text(v) for v in value) + "]"
+    return str(value)  # nan, inf, -inf, 1e-06 ... all parse back
+
+
+def _cases(pick) -> list[tuple[str, object]]:
+    cases = []
+    for key, spec in RANGED.items():
+        integer = "int" in spec.kind
+        for value in pick(spec.range, integer):
+            cases.append((key, [0, value] if spec.kind.startswith("list") else value))
+    return cases
+
+
+OUT_OF_RANGE = _cases(_outside)
+IN_RANGE = _cases(_inside)
+
+
+def test_every_numeric_key_has_a_range():
+    numeric = {k for k, s in schema().items() if s.kind in NUMERIC_KINDS}
+    assert numeric == set(RANGED)
+    assert {"data.resolution", "data.labeled_classes", "model.width", "train.lr"} <= numeric
+    # every range and NaN/inf case is generated, not listed by hand
+    assert len(OUT_OF_RANGE) >= 2 * len(RANGED)
+
+
+@pytest.mark.parametrize(("key", "value"), OUT_OF_RANGE, ids=lambda v: str(v))
+def test_out_of_range_override_fails_with_one_line_naming_the_key(key, value):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [*CONTEXT.get(key, []), f"{key}={_text(value)}"])
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{key}="), message
+    assert "out of range" in message and str(RANGED[key].range) in message
+
+
+@pytest.mark.parametrize(("key", "value"), IN_RANGE, ids=lambda v: str(v))
+def test_inclusive_bounds_are_accepted(key, value):
+    cfg = load_config(None, [*CONTEXT.get(key, []), f"{key}={_text(value)}"])
+    section, _, name = key.partition(".")
+    assert getattr(getattr(cfg, section), name) == value
+
+
+@pytest.mark.parametrize("key", [k for k, s in RANGED.items() if s.kind == "float"])
+def test_non_finite_floats_rejected_from_yaml_and_saved_dicts(key, tmp_path):
+    section, _, name = key.partition(".")
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{section}:\n  {name}: .nan\n")
+    with pytest.raises(ConfigError, match=rf"^{key}=nan is out of range: must be a finite number"):
+        load_config(path)
+    tree = Config().to_dict()
+    tree[section][name] = -math.inf
+    with pytest.raises(ConfigError, match=rf"^{key}=-inf is out of range"):
+        config_from_dict(tree)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=nan", "train.lr=nan is out of range: must be a finite number > 0"),
+        ("algorithm.lambda_dc=-1", "algorithm.lambda_dc=-1.0 is out of range: must be a finite "
+                                   "number >= 0"),
+        ("algorithm.lambda_u=-1", "algorithm.lambda_u=-1.0 is out of range"),
+        ("train.weight_decay=-1", "train.weight_decay=-1.0 is out of range"),
+        ("train.threads=-3", "train.threads=-3 is out of range: must be an integer >= 0"),
+        ("train.momentum=-5", "train.momentum=-5.0 is out of range: must be a finite number in "
+                              "[0, 1)"),
+        ("model.width=0", "model.width=0 is out of range: must be an integer >= 1"),
+        ("data.labeled_classes=[0,-2]", "every item must be an integer >= 0"),
+        ("train.seed=-1", "train.seed=-1 is out of range: must be an integer in [0, 2**63-1]"),
+    ],
+)
+def test_known_silent_cases_now_fail(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cross_field_checks_stay():
+    with pytest.raises(ConfigError, match="train.mu=0 is out of range for interlude"):
+        load_config(None, ["train.mu=0"])
+    assert load_config(None, ["train.mu=0", "algorithm.name=supervised"]).train.mu == 0
+    with pytest.raises(ConfigError, match="train.nesterov=true needs train.momentum > 0"):
+        load_config(None, ["train.momentum=0"])
+    load_config(None, ["train.momentum=0", "train.optimizer=adamw"])  # AdamW has no momentum
+
+
+def test_cli_prints_one_error_line(capsys):
+    from interlude.cli import main
+
+    assert main(["config", "show", "train.lr=nan"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: train.lr=nan") and "\n" not in err
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_valid_device_strings(device):
+    assert load_config(None, [f"train.device={device}"]).train.device == device
+
+
+@pytest.mark.parametrize("device", ["tpu", "gpu", "CUDA", "cuda:", "cuda:x", "cuda:-1", "cpu:0",
+                                    " cpu", "cuda:0,1", "", "0"])
+def test_invalid_device_strings(device):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"train.device": device})
+    assert str(info.value).startswith(f"train.device={device!r} is not valid: use auto, cpu, cuda")
+
+
+def test_algorithm_name_is_checked_and_matches_the_registry():
+    from interlude.algorithms import algorithm_names
+
+    assert schema()["algorithm.name"].choices == tuple(algorithm_names())
+    assert set(ALGORITHM_DEFAULTS) - {"*"} <= set(algorithm_names())
+    with pytest.raises(ConfigError, match="did you mean fixmatch"):
+        load_config(None, ["algorithm.name=fixmatc"])
+
+
+@pytest.mark.parametrize(
+    ("content", "key"),
+    [
+        ("train:\n  steps: 5\n  lr: 0.1\n  steps: 6\n", "train.steps"),
+        ("train:\n  steps: 5\nmodel:\n  width: 8\ntrain:\n  lr: 0.1\n", "train"),
+        ("data:\n  labeled_classes: [0, 1]\n  name: digits\n  name: mnist5k\n", "data.name"),
+    ],
+)
+def test_duplicate_yaml_key_is_refused(tmp_path, content, key):
+    path = tmp_path / "dup.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message and f"key '{key}' is given twice" in message
+    assert "\n" not in message
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("train:\n  <<: {lr: 0.1, steps: 9}\n  lr: 0.2\n")
+    cfg = load_config(path)
+    assert cfg.train.lr == 0.2 and cfg.train.steps == 9
+
+
+# ------------------------------------------------------------------ per-algorithm defaults
+@pytest.mark.parametrize(("algorithm", "expected"),
+                         [("freematch", 0.001), ("interlude_plus", 0.05), ("interlude", 0.05),
+                          ("fixmatch", 0.05)])
+def test_lambda_ent_default_per_algorithm(algorithm, expected, tmp_path):
+    cfg = load_config(None, [f"algorithm.name={algorithm}"])
+    assert cfg.algorithm.lambda_ent == expected
+    assert f"lambda_ent: {expected}" in cfg.to_yaml()  # a saved config holds the value
+    path = tmp_path / "c.yaml"
+    path.write_text(f"algorithm:\n  name: {algorithm}\n")
+    assert load_config(path).algorithm.lambda_ent == expected
+    assert AlgorithmConfig(name=algorithm).lambda_ent == expected
+
+
+def test_lambda_ent_explicit_value_wins_and_saved_value_is_kept():
+    cfg = load_config(None, ["algorithm.lambda_ent=0.2", "algorithm.name=freematch"])
+    assert cfg.algorithm.lambda_ent == 0.2
+    # a run saved before the per-algorithm default keeps its value
+    tree = load_config(None, ["algorithm.name=interlude_plus"]).to_dict()
+    tree["algorithm"]["name"] = "freematch"
+    assert config_from_dict(tree).algorithm.lambda_ent == 0.05
+    del tree["algorithm"]["lambda_ent"]  # missing: the algorithm's default
+    assert config_from_dict(tree).algorithm.lambda_ent == 0.001
+    assert load_config(None, ["algorithm.name=freematch",
+                              "algorithm.lambda_ent=none"]).algorithm.lambda_ent == 0.001
+
+
+@pytest.mark.parametrize("algorithm", ["freematch", "interlude_plus"])
+def test_fairness_algorithms_read_a_float(algorithm):
+    from interlude.algorithms import build_algorithm
+
+    cfg = load_config(None, [f"algorithm.name={algorithm}"])
+    algo = build_algorithm(cfg.algorithm, num_classes=3)
+    assert isinstance(algo.cfg.lambda_ent, float)
+    assert algo.cfg.lambda_ent == ALGORITHM_DEFAULTS[algorithm]["lambda_ent"]
+
+
+def test_docs_show_ranges_and_per_algorithm_defaults(capsys):
+    from interlude.cli import main
+
+    table = config_reference_markdown()
+    assert table.splitlines()[0] == "| key | type | default | valid | meaning |"
+    row = next(line for line in table.splitlines() if line.startswith("| `algorithm.lambda_ent`"))
+    assert "freematch `0.001`" in row and "interlude_plus `0.05`" in row and ">= 0" in row
+    assert main(["config", "keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    lr = next(line for line in lines if line.startswith("train.lr "))
+    assert "valid: > 0" in lr
+    ent = next(line for line in lines if line.startswith("algorithm.lambda_ent "))
+    assert "default per algorithm: freematch 0.001" in ent
+    threads = next(line for line in lines if line.startswith("train.threads "))
+    assert "bookkeeping" in threads
+
+
+# ------------------------------------------------------------------ bookkeeping and diff
+def test_bookkeeping_keys():
+    expected = {
+        "train.log_interval", "train.eval_interval", "train.checkpoint_interval",
+        "train.eval_batch_size", "train.progress", "train.tensorboard", "train.num_workers",
+        "train.device", "train.threads", "train.out_dir", "train.run_name", "data.data_dir",
+        "data.download",
+    }
+    assert expected == BOOKKEEPING_KEYS
+    assert isinstance(BOOKKEEPING_KEYS, frozenset)
+
+
+def test_diff_shows_values_in_schema_order():
+    old = load_config(None, ["train.lr=0.03"])
+    new = load_config(None, ["train.lr=0.1", "algorithm.name=fixmatch"])
+    assert diff(old, new) == [
+        "algorithm.name: 'interlude' there, 'fixmatch' now",
+        "train.lr: 0.03 there, 0.1 now",
+    ]
+    assert diff(old, old) == []
+
+
+def test_diff_skips_bookkeeping_unless_asked():
+    old = load_config(None, ["train.threads=1", "train.out_dir=a"])
+    new = load_config(None, ["train.threads=4", "train.out_dir=b"])
+    assert diff(old, new) == []
+    assert diff(old, new, include_bookkeeping=True) == [
+        "train.out_dir: 'a' there, 'b' now",
+        "train.threads: 1 there, 4 now",
+    ]
+
+
+def test_diff_ignores_keys_missing_on_one_side_and_takes_trees():
+    old = load_config(None).to_dict()
+    new = load_config(None, ["train.steps=10"]).to_dict()
+    del old["algorithm"]["flex_warmup"]  # saved by an older version
+    new["train"]["future_key"] = 1  # added by a newer version
+    new["algorithm"]["flex_warmup"] = False
+    assert diff(old, new) == ["train.steps: 2000 there, 10 now"]
+    flat = {f"{s}.{k}": v for s, values in new.items() for k, v in values.items()}
+    assert diff(old, flat) == ["train.steps: 2000 there, 10 now"]
+    assert diff(Config(), new) == [
+        "algorithm.flex_warmup: True there, False now", "train.steps: 2000 there, 10 now",
+    ]
+
+
+# ------------------------------------------------------------------ estimator
+@pytest.fixture(scope="module")
+def tiny_digits():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    X, y = bunch.images[:40] / 16.0, bunch.target[:40].copy()
+    y[10:] = -1  # mostly unlabeled
+    return X, y
+
+
+@pytest.mark.parametrize(("params", "key"),
+                         [({"lr": float("nan")}, "train.lr=nan"), ({"width": 0}, "model.width=0"),
+                          ({"device": "tpu"}, "train.device='tpu'"),
+                          ({"threads": -3}, "train.threads=-3")])
+def test_estimator_rejects_bad_values_before_training(tiny_digits, monkeypatch, params, key):
+    import interlude.train
+    from interlude import InterLUDEClassifier
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started with an invalid config")
+
+    monkeypatch.setattr(interlude.train, "run", no_training)
+    X, y = tiny_digits
+    assert np.count_nonzero(y >= 0) == 10
+    with pytest.raises(ValueError, match=f"^{key.replace('.', '[.]').replace('(', '[(]')}"):
+        InterLUDEClassifier(**params, steps=2, verbose=0).fit(X, y)
