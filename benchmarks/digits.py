@@ -39,7 +39,7 @@ def main() -> None:
                 f"train.out_dir={args.out_dir}", "train.progress=false",
             ])
             started = time.perf_counter()
-            run_dir = run(cfg, overwrite=True)
+            run_dir = run(cfg, overwrite=True).run_dir
             elapsed = time.perf_counter() - started
             summary = json.loads((Path(run_dir) / "summary.json").read_text())
             accuracy = summary["last"][f"test/{summary['primary_model']}/top1"]

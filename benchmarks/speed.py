@@ -219,7 +219,7 @@ def _overhead_us(batch: int, mu: int, device: str, args) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = make_trainer("interlude", batch, mu, device, args.precision,
                                synthetic_data(), Path(tmp))
-    x, _, _ = trainer.batches.build(0)
+    x = trainer.batches.build(0).x
     order = trainer.layout.order
     h = torch.randn(_fusion_input_shape(trainer, x), device=dev, requires_grad=True)
     logits = [torch.randn(n, CLASSES, device=dev, requires_grad=True)

@@ -4,7 +4,7 @@ Quick start from Python::
 
     from interlude.config import load_config
     from interlude.train import run
-    run_dir = run(load_config("configs/digits.yaml"))
+    result = run(load_config("configs/digits.yaml"))  # result.run_dir, result.summary
 """
 
 from __future__ import annotations

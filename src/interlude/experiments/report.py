@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from interlude.config import BOOKKEEPING_KEYS
 from interlude.errors import InterludeError
+from interlude.train.logger import read_jsonl
 
 # Keys that change between runs of one variant without changing what is being measured: the
 # bookkeeping keys, and the training seed (a variant's runs are its seeds).
@@ -72,7 +71,7 @@ class Run:
         key = f"test/{self.model}/top1"
         steps: list[int] = []
         values: list[float] = []
-        for row in _read_jsonl(self.path / "metrics.jsonl"):
+        for row in read_jsonl(self.path / "metrics.jsonl"):
             value = _number(row.get(key))
             if row.get("kind") == "eval" and value is not None and "step" in row:
                 steps.append(int(row["step"]))
@@ -140,36 +139,26 @@ def _note_unfinished(root: Path) -> None:
 
 
 def load_runs(run_dirs: Iterable[Path]) -> list[Run]:
-    """Load every finished run found in run_dirs; unreadable ones are skipped with a note."""
+    """Load every finished run found in run_dirs; unreadable ones are skipped with a note.
+
+    ``summary.json`` and ``config.yaml`` are read back as user input: a damaged or foreign file
+    costs that run (with a note saying why), never the report.
+    """
+    from interlude.config import read_yaml
+
     runs = []
     for d in find_run_dirs(run_dirs):
         try:
             summary = json.loads((d / "summary.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            _note(f"skipping {d}: unreadable summary.json ({exc})")
+            config = read_yaml(d / "config.yaml") if (d / "config.yaml").is_file() else {}
+        except (OSError, ValueError, InterludeError) as exc:
+            _note(f"skipping {d}: {' '.join(str(exc).split())}")
             continue
-        runs.append(Run(d, _flatten(_read_yaml(d / "config.yaml")), summary))
+        if not isinstance(summary, dict) or not isinstance(config, dict):
+            _note(f"skipping {d}: summary.json / config.yaml do not hold a mapping")
+            continue
+        runs.append(Run(d, _flatten(config), summary))
     return runs
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    tree = yaml.safe_load(path.read_text())
-    return tree if isinstance(tree, dict) else {}
-
-
-def _read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
-    """Rows of a JSON-lines file; a torn last line (run killed mid-write) is ignored, not fatal."""
-    if not path.is_file():
-        return
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            yield row
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

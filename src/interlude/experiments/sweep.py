@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from interlude.config import Config, diff, load_config, parse_override
+from interlude.config import Config, diff, load_config, parse_override, read_yaml
 from interlude.errors import ConfigError, InterludeError
 
 log = logging.getLogger("interlude")
@@ -115,31 +115,48 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
 
 
 def load_sweep_file(path: str | Path) -> SweepSpec:
+    """Read a sweep file, validated like any user input (one-line ConfigError per problem)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file not found: {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = read_yaml(path) or {}
     if not isinstance(spec, dict) or "base" not in spec:
         raise ConfigError(f"{path} is not a sweep file: it needs a 'base:' config path")
     unknown = set(spec) - {"name", "base", "seeds", "runs", "grid", "overrides"}
     if unknown:
         raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)}; valid: name, base, "
                           "seeds, runs, grid, overrides")
-    runs = [Variant(_safe(str(r["name"])), _as_overrides(r.get("overrides")))
-            for r in spec.get("runs") or []]
+    seeds = spec.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+    ):
+        raise ConfigError(f"{path}: 'seeds' must be a non-empty list of integers >= 0, "
+                          f"got {seeds!r}")
+    runs_spec = spec.get("runs") or []
+    if not isinstance(runs_spec, list) or not all(
+        isinstance(r, dict) and "name" in r and set(r) <= {"name", "overrides"} for r in runs_spec
+    ):
+        raise ConfigError(f"{path}: 'runs' must be a list of {{name: ..., overrides: {{...}}}}")
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError(f"{path}: 'grid' must map keys to non-empty lists of values")
+    for item in [spec.get("overrides"), *(r.get("overrides") for r in runs_spec)]:
+        if item is not None and not isinstance(item, (dict, list)):
+            raise ConfigError(f"{path}: 'overrides' must be a mapping of key: value")
+    runs = [Variant(_safe(str(r["name"])), _as_overrides(r.get("overrides"))) for r in runs_spec]
     return SweepSpec(
-        name=str(spec.get("name", path.stem)),
-        base=(path.parent / spec["base"]).resolve(),
-        seeds=[int(s) for s in spec.get("seeds", [0])],
-        variants=combine(runs, spec.get("grid") or {}),
+        name=_safe(str(spec.get("name", path.stem))),
+        base=(path.parent / str(spec["base"])).resolve(),
+        seeds=list(seeds),
+        variants=combine(runs, grid),
         overrides=_as_overrides(spec.get("overrides")),
     )
 
 
 def is_sweep_file(path: str | Path) -> bool:
     try:
-        spec = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
+        spec = read_yaml(path)
+    except (OSError, ConfigError):
         return False
     return isinstance(spec, dict) and "base" in spec
 

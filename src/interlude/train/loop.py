@@ -57,7 +57,7 @@ class Trainer:
         device: torch.device,
         dist: DistContext | None = None,
     ) -> None:
-        """``model`` comes with its fusion fixed (``build_net(fusion_strength=...)``)."""
+        """``model`` comes with its fusion fixed when it was built (``nets.build_net``)."""
         self.cfg = cfg
         self.data = data
         self.meta = RunMeta.of_data(data)
