@@ -195,6 +195,19 @@ def test_bar_plot_starts_at_zero_for_large_differences(tmp_path: Path) -> None:
     assert ax.get_ylabel() == "last test top-1 (%)"
 
 
+def test_far_behind_variant_adds_a_zoomed_panel_of_the_close_ones(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    fig = plot_bars(variants_of(tmp_path, {
+        "supervised": [0.83, 0.85], "fixmatch": [0.964, 0.966], "interlude": [0.969, 0.971],
+    }))
+    overview, zoom = fig.axes
+    assert overview.get_ylim()[0] == 0.0 and len(overview.containers[0]) == 3
+    assert [t.get_text() for t in zoom.get_xticklabels()] == ["fixmatch", "interlude"]
+    assert 90 < zoom.get_ylim()[0] < 96.4 and "axis cut at" in zoom.get_ylabel()
+    # same colour for a variant in both panels
+    assert overview.containers[0][1].get_facecolor() == zoom.containers[0][0].get_facecolor()
+
+
 def test_curves_draw_one_mean_line_and_band_per_variant(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from matplotlib.collections import PolyCollection

@@ -409,30 +409,70 @@ def bar_ylim(low: float, high: float) -> tuple[float, float]:
 
 
 def plot_bars(variants: list[Variant]) -> Any:
-    """Last test top-1 per variant: bar = mean, error bar = std, dots = seeds, value written above."""
-    fig, ax = _new_axes((max(5, 1.2 * len(variants) + 2), 4.5))
+    """Last test top-1 per variant: bar = mean, error bar = std, dots = seeds, value written above.
+
+    When a far-behind variant (typically ``supervised``) forces the axis to start at 0, the
+    variants close to the best are drawn again in a second panel with a cut axis, so their
+    differences stay visible next to the proportional overview.
+    """
     stats = [_Points(v.last_top1()) for v in variants]
+    cluster = top_cluster(stats)
+    panels = [list(range(len(variants)))]
+    if cluster is not None:
+        panels.append(cluster)
+    width = sum(max(3.0, 1.2 * len(p) + 1) for p in panels) + 1
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5, width), 4.5), squeeze=False,
+                             gridspec_kw={"width_ratios": [max(2, len(p)) for p in panels]})
+    several = any(len(p.values) > 1 for p in stats)
+    spread = "mean ± std over seeds, dots = seeds" if several else "one seed each"
+    for ax, indices in zip(axes[0], panels, strict=True):
+        bottom = _draw_bars(ax, [variants[i] for i in indices], [stats[i] for i in indices], indices)
+        ylabel = "last test top-1 (%)" + (f", axis cut at {bottom:g}" if bottom > 0 else "")
+        ax.set_ylabel(ylabel)
+    axes[0][0].set_title(f"Last test top-1\n({spread})")
+    if cluster is not None:
+        axes[0][1].set_title(f"zoom: the {len(cluster)} variants\nclosest to the best")
+    fig.tight_layout()
+    return fig
+
+
+def top_cluster(stats: list[_Points]) -> list[int] | None:
+    """Indices of the variants near the best, when others are so far behind that the bars start
+    at 0 and hide the near ones' differences; None when one panel shows everything."""
+    drawn = [i for i, p in enumerate(stats) if p.values]
+    if len(drawn) < 3:
+        return None
+    low = min(stats[i].low for i in drawn)
+    high = max(stats[i].high for i in drawn)
+    if bar_ylim(low, high)[0] > 0:
+        return None
+    best = max(stats[i].mean for i in drawn)
+    near = [i for i in drawn if stats[i].low >= best - 0.05 * best]
+    return near if 2 <= len(near) < len(drawn) else None
+
+
+def _draw_bars(ax: Any, variants: list[Variant], stats: list[_Points], colors: list[int]) -> float:
+    """Bars, error bars, seed dots and values of ``variants``; returns the axis bottom."""
     xs = list(range(len(variants)))
     means = [p.mean for p in stats]
-    ax.bar(xs, means, color=[_color(i) for i in xs], alpha=0.85)
+    ax.bar(xs, means, color=[_color(i) for i in colors], alpha=0.85)
     ax.errorbar(xs, means, yerr=[p.std for p in stats], fmt="none", ecolor="black", capsize=4)
     for x, p in zip(xs, stats, strict=True):
         if len(p.values) > 1:  # beside the error bar, spread a little so equal values stay apart
             offsets = [0.12 + 0.12 * j / (len(p.values) - 1) for j in range(len(p.values))]
-            ax.plot([x + o for o in offsets], p.values, "o", color="black", markersize=3.5, fillstyle="none")
+            ax.plot([x + o for o in offsets], p.values, "o", color="black", markersize=3.5,
+                    fillstyle="none")
         p.write_value(ax, x)
     drawn = [p for p in stats if p.values]
     low = min((p.low for p in drawn), default=math.nan)
     bottom, top = bar_ylim(low, max((p.high for p in drawn), default=math.nan))
     ax.set_ylim(bottom, top)
-    ylabel = "last test top-1 (%)" + (f", axis cut at {bottom:g}" if bottom > 0 else "")
     ax.set_xticks(xs, [v.label for v in variants], rotation=20, ha="right", fontsize="small")
-    several = any(len(p.values) > 1 for p in stats)
-    spread = "mean ± std over seeds, dots = seeds" if several else "one seed each"
-    ax.set(ylabel=ylabel, title=f"Last test top-1\n({spread})")  # two lines: fits a 2-bar figure
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    return fig
+    return bottom
 
 
 def plot_sensitivity(variants: list[Variant]) -> Any | None:
