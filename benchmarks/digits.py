@@ -28,7 +28,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
     parser.add_argument("--out-dir", default="runs/bench-digits")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides += extra  # key=value may also follow the options
 
     results: dict[str, list[float]] = {}
     times: dict[str, list[float]] = {}

@@ -450,7 +450,7 @@ def diff(
     compared, so a key added by a newer version does not make older runs differ; keys in
     :data:`BOOKKEEPING_KEYS` are skipped unless ``include_bookkeeping``. Keys come in schema order.
     """
-    there, now = _dotted(old), _dotted(new)
+    there, now = dotted(old), dotted(new)
     known = [k for k in schema() if k in there and k in now]
     other = sorted((there.keys() & now.keys()) - set(known))
     return [
@@ -460,13 +460,14 @@ def diff(
     ]
 
 
-def _dotted(tree: Config | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def dotted(tree: Config | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` (or a Config) -> ``{"train.lr": 0.1}``."""
     if isinstance(tree, Config):
         tree = tree.to_dict()
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            flat.update(_dotted(value, f"{prefix}{key}."))
+            flat.update(dotted(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interlude.config import BOOKKEEPING_KEYS
+from interlude.config import BOOKKEEPING_KEYS, diff, dotted
 from interlude.errors import InterludeError
 from interlude.train.logger import read_jsonl
 
@@ -157,19 +157,8 @@ def load_runs(run_dirs: Iterable[Path]) -> list[Run]:
         if not isinstance(summary, dict) or not isinstance(config, dict):
             _note(f"skipping {d}: summary.json / config.yaml do not hold a mapping")
             continue
-        runs.append(Run(d, _flatten(config), summary))
+        runs.append(Run(d, dotted(config), summary))
     return runs
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _note(message: str) -> None:
@@ -190,7 +179,11 @@ def group_variants(runs: list[Run]) -> list[Variant]:
     variants: list[Variant] = []
     for run in runs:
         config = {k: v for k, v in run.config.items() if k not in IGNORED_KEYS}
-        match = next((v for v in variants if v.config == config), None)
+        # the same rule as resume and sweeps: config.diff, bookkeeping keys and keys only one
+        # side knows (added by a newer version) ignored; seeds are what a variant groups
+        match = next((v for v in variants if not [
+            d for d in diff(v.config, config) if not d.startswith("train.seed:")
+        ]), None)
         if match is None:
             match = Variant(config)
             variants.append(match)

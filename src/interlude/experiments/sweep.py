@@ -195,24 +195,17 @@ def check_existing(run: PlannedRun) -> None:
     saved_path = run.run_dir / "config.yaml"
     if run.config is None or not saved_path.is_file():
         return
-    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
-    differing = diff(saved, _flatten(run.config.to_dict()))
+    saved = read_yaml(saved_path) or {}
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{saved_path} does not hold a config; remove that run or give this "
+                          "sweep another output folder (--out)")
+    differing = diff(saved, run.config)
     if differing:
         shown = ", ".join(differing[:4])
         raise ConfigError(
             f"{run.run_dir} already holds a run with a different config ({shown}); give this "
             "sweep another output folder (--out) or remove that run"
         )
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def run_spec(
