@@ -316,3 +316,44 @@ def test_exported_timm_backbone_equals_the_in_memory_model(pretrained_fit, tmp_p
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     images = load_digits().images[:6] / 16.0
     np.testing.assert_allclose(loaded.predict_proba(images), clf.predict_proba(images), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- shipped configs
+VIT_CONFIGS = {  # file: (dataset, labels per class, algorithm, lr, layer decay)
+    "stl10_40_vit": ("stl10", 4, "interlude", 1e-4, 0.65),
+    "stl10_100_vit": ("stl10", 10, "interlude", 1e-4, 0.65),
+    "stl10_40_vit_plus": ("stl10", 4, "interlude_plus", 1e-4, 0.65),
+    "stl10_100_vit_plus": ("stl10", 10, "interlude_plus", 1e-4, 0.65),
+    "stl10_40_vit_supervised": ("stl10", 4, "supervised", 1e-4, 0.65),
+    "cifar10_40_vit": ("cifar10", 4, "interlude", 5e-4, 0.5),
+    "cifar100_200_vit": ("cifar100", 2, "interlude", 5e-4, 0.5),
+    "cifar100_400_vit": ("cifar100", 4, "interlude", 5e-4, 0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VIT_CONFIGS))
+def test_shipped_vit_configs_hold_the_paper_settings(name):
+    dataset, per_class, algorithm, lr, layer_decay = VIT_CONFIGS[name]
+    cfg = load_config(f"configs/{name}.yaml")
+    t, a = cfg.train, cfg.algorithm
+    assert (cfg.data.name, cfg.data.labels_per_class, a.name) == (dataset, per_class, algorithm)
+    assert (t.steps, t.batch_size, t.mu) == (204_800, 8, 0 if algorithm == "supervised" else 7)
+    assert (t.optimizer, t.lr, t.weight_decay, t.layer_decay, t.ema_decay) == (
+        "adamw", lr, 5e-4, layer_decay, 0.0)
+    assert cfg.model.fusion_layer == -1
+    if algorithm != "supervised":
+        assert (a.lambda_dc, a.fusion_strength) == (0.1, 0.1)
+    if dataset == "stl10":
+        assert (cfg.model.arch, cfg.model.pretrained) == ("timm/vit_base_patch16_224", True)
+    else:  # ViT-S/2 at 32 px with USB's weights, as a local file
+        assert (cfg.model.arch, cfg.model.patch_size, cfg.data.resolution) == (
+            "timm/vit_small_patch16_224", 2, 32)
+        assert cfg.model.pretrained.endswith("vit_small_patch2_32_mlp_im_1k_32.pth")
+
+
+def test_vit_s2_of_the_cifar_configs_builds_with_fusion_before_its_last_block():
+    cfg = load_config("configs/cifar100_400_vit.yaml", ["model.pretrained=false"])
+    model = build_net(cfg.model, 100, 3, cfg.data.resolution)
+    assert model.patch_embed.patch_size == (2, 2) and model.pos_embed.shape == (1, 257, 384)
+    assert model.fusion_point == "blocks.11" and len(model.blocks) == 12
+    assert model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)
