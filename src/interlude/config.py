@@ -265,13 +265,15 @@ class TrainConfig:
     nesterov: bool = True
     """SGD Nesterov momentum (needs `momentum` > 0)."""
     weight_decay: float = setting(5e-4, ge=0)
-    """Applied to conv/linear weights only, never to BatchNorm parameters or biases."""
+    """Applied to conv/linear weights only, never to norm parameters, biases, or what the model
+    exempts (a ViT's position embedding and tokens)."""
     cosine_cycles: float = setting(7.0 / 16.0, ge=0)
     """LR factor is cos(pi * cosine_cycles * step / steps), floored at 0."""
     optimizer: Literal["sgd", "adamw"] = "sgd"
     """SGD (CNNs, as the papers) or AdamW (ViTs)."""
     layer_decay: float = setting(1.0, gt=0, le=1)
-    """AdamW/ViT: layer-wise lr decay factor (1 = off)."""
+    """timm backbones: layer-wise lr decay factor, by timm's grouping of the model's layers (the
+    head at `train.lr`, each layer below times this factor; 1 = off)."""
     ema_decay: float = setting(0.999, ge=0, lt=1)
     """EMA of the weights used for evaluation (0 = evaluate the raw model only)."""
     seed: int = setting(0, ge=0, le=SEED_MAX)
