@@ -193,6 +193,10 @@ def test_offline_pretrained_true_is_one_line_naming_the_cache(tmp_path, monkeypa
     assert "\n" not in message
     assert f"cached in {cache}" in message and "model.pretrained=PATH" in message
     assert not cache.exists() or not any(cache.rglob("*.safetensors"))  # nothing was fetched
+    clf = InterLUDEClassifier(arch="timm/resnet10t", pretrained=True, steps=1, verbose=0)
+    with pytest.raises(ConfigError, match=f"cached in {cache}"):  # the estimator: same path
+        clf.fit(np.zeros((4, 8, 8)), np.array([0, 1, -1, -1]))
+    assert not hasattr(clf, "model_")
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -253,6 +253,8 @@ def _capture_load_report() -> Iterator[dict[str, list[str]]]:
                 names.extend(k.strip() for k in message[len(prefix):].split(")")[0].split(",")
                              if k.strip())
                 return False
+        if "already match the model" in message:  # a one-channel file for a one-channel model
+            return False
         return record.levelno > logging.INFO
 
     level = logger.level
