@@ -273,6 +273,23 @@ def test_resumed_timm_run_equals_uninterrupted_run(tiny_overrides, arch):
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
 
 
+def test_resume_needs_neither_the_weights_file_nor_the_network(tiny_overrides, tmp_path):
+    """The checkpoint holds every weight: a moved weights file must not stop a resume."""
+    source = net("timm/resnet10t", 16, channels=1, num_classes=1000, seed=1)
+    weights = tmp_path / "r10t.pth"
+    torch.save(source.state_dict(), weights)
+    cfg = load_config(None, [*tiny_overrides, "model.arch=timm/resnet10t", "data.resolution=16",
+                             f"model.pretrained={weights}", "train.eval_interval=12"])
+    first = run(cfg, stop_after=6)
+    state = torch.load(first.run_dir / "checkpoints" / "last.pt", weights_only=True)
+    weights.unlink()
+    with pytest.raises(ConfigError, match="model.pretrained file not found"):
+        run(cfg, overwrite=True)  # a fresh start does need it
+    result = run(cfg, resume=True)
+    assert result.finished and result.weights.step == 12
+    assert not torch.equal(state["model"]["conv1.0.weight"], result.weights.model["conv1.0.weight"])
+
+
 @pytest.fixture(scope="module")
 def pretrained_fit(tmp_path_factory):
     """A ResNet-10-T "pretrained" by the test (its weights saved as a hub file would be), then

@@ -18,6 +18,7 @@ a failed start leaves the directory as it was.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import signal
@@ -121,8 +122,13 @@ def build_trainer(
     run_dir: RunDir | Path,
     data: SSLData | None = None,
     dist: DistContext | None = None,
+    pretrained: bool = True,
 ) -> Trainer:
-    """Build data, algorithm and model for ``cfg`` (seeded by ``train.seed``) and a Trainer."""
+    """Build data, algorithm and model for ``cfg`` (seeded by ``train.seed``) and a Trainer.
+
+    ``pretrained=False`` skips ``model.pretrained`` (random init): a resumed run overwrites every
+    weight from its checkpoint, so it needs neither the weights file nor the network.
+    """
     dist = dist or DistContext()
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -136,7 +142,8 @@ def build_trainer(
         cfg.algorithm, data.num_classes, weights, num_unlabeled=len(data.unlabeled)
     )
     channels, height, _ = data.image_shape
-    model = build_net(cfg.model, data.num_classes, channels, height, cfg.data.name,
+    model_cfg = cfg.model if pretrained else dataclasses.replace(cfg.model, pretrained=False)
+    model = build_net(model_cfg, data.num_classes, channels, height, cfg.data.name,
                       fusion_strength=algorithm.fusion_strength,
                       fusion_at_eval=cfg.algorithm.fusion_at_eval)
     return Trainer(cfg, data, model, algorithm, run_dir, device, dist)
@@ -227,7 +234,7 @@ def _run_owned(cfg: Config, run_dir: RunDir, dist: DistContext, resume: bool,
     cfg = resolve_config(cfg, data)
     if checkpoint is not None:
         check_resumable(checkpoint, cfg, data, run_dir)
-    trainer = build_trainer(cfg, run_dir, data, dist)
+    trainer = build_trainer(cfg, run_dir, data, dist, pretrained=checkpoint is None)
     if checkpoint is not None:
         trainer.restore(checkpoint)
         log.info("resumed %s at step %d", run_dir.path, trainer.step)
