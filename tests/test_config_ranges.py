@@ -22,14 +22,18 @@ from interlude.config import (
 )
 from interlude.errors import ConfigError
 
-NUMERIC_KINDS = ("int", "float", "list[int]")
+NUMERIC_KINDS = ("int", "float", "list[int]", "list[float]")
 RANGED = {key: spec for key, spec in schema().items() if spec.range is not None}
 
 # Settings a boundary value needs to pass the cross-field checks of validate().
 CONTEXT = {
     "train.mu": ["algorithm.name=supervised"],  # mu=0 is for supervised only
     "train.momentum": ["train.nesterov=false"],  # Nesterov needs momentum > 0
+    "data.mean": ["data.std=[1,1,1]"],  # given together, one value per channel (1 or 3)
+    "data.std": ["data.mean=[0,0,0]"],
 }
+# Valid items a list value starts with, so its last item alone decides (default [0]).
+LIST_START = {"data.mean": [0.5, 0.5], "data.std": [0.5, 0.5]}
 
 
 def _outside(rng: Range, integer: bool) -> list[float]:
@@ -66,7 +70,8 @@ def _cases(pick) -> list[tuple[str, object]]:
     for key, spec in RANGED.items():
         integer = "int" in spec.kind
         for value in pick(spec.range, integer):
-            cases.append((key, [0, value] if spec.kind.startswith("list") else value))
+            listed = [*LIST_START.get(key, [0]), value]
+            cases.append((key, listed if spec.kind.startswith("list") else value))
     return cases
 
 

@@ -93,6 +93,8 @@ class RunMeta:
     image_shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    interpolation: str = "bilinear"
+    """Resize filter of the training images; absent from files of earlier versions (bilinear)."""
 
     @classmethod
     def of_data(cls, data: Any) -> RunMeta:
@@ -100,12 +102,13 @@ class RunMeta:
         return cls.from_dict({
             "num_classes": data.num_classes, "class_names": list(data.class_names),
             "image_shape": list(data.image_shape), "mean": list(data.mean), "std": list(data.std),
+            "interpolation": data.interpolation,
         }, "the dataset")
 
     def to_dict(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "class_names": list(self.class_names),
                 "image_shape": list(self.image_shape), "mean": list(self.mean),
-                "std": list(self.std)}
+                "std": list(self.std), "interpolation": self.interpolation}
 
     @classmethod
     def from_dict(cls, raw: Any, source: str) -> RunMeta:
@@ -142,8 +145,12 @@ class RunMeta:
             stats[key] = tuple(float(v) for v in values)
         if min(stats["std"]) <= 0:
             raise bad(f"std must be positive, got {list(stats['std'])}")
+        interpolation = raw.get("interpolation", "bilinear")
+        if interpolation not in ("bilinear", "bicubic"):
+            raise bad(f"interpolation must be bilinear or bicubic, got {interpolation!r}")
         return cls(int(num_classes), tuple(str(n) for n in names),
-                   (channels, int(shape[1]), int(shape[2])), stats["mean"], stats["std"])
+                   (channels, int(shape[1]), int(shape[2])), stats["mean"], stats["std"],
+                   interpolation)
 
 
 def _is_int(value: Any) -> bool:
@@ -164,7 +171,7 @@ def build_inference_net(model_cfg: ModelConfig, meta: RunMeta,
     """
     from interlude.nets import build_net
 
-    cfg = ModelConfig(**{**model_cfg.__dict__, "pretrained": None})
+    cfg = ModelConfig(**{**model_cfg.__dict__, "pretrained": False})
     channels, height, _ = meta.image_shape
     model = build_net(cfg, meta.num_classes, channels, height)
     try:

@@ -151,7 +151,16 @@ class DataConfig:
     split_file: str | None = None
     """Reuse the split saved by an earlier run (its `split.json`) instead of drawing one."""
     resolution: int | None = setting(None, ge=4)
-    """Square image size fed to the network; None = native size (imagefolder 32, tmed2 112)."""
+    """Square image size fed to the network; None = native size (imagefolder 32, tmed2 112), or
+    the pretrained backbone's input size (e.g. 224 for timm/vit_base_patch16_224)."""
+    interpolation: Literal["bilinear", "bicubic"] | None = None
+    """Filter used whenever images are resized (loading and prediction); None = the pretrained
+    backbone's (bicubic for most timm weights), else bilinear."""
+    mean: list[float] | None = setting(None, ge=0, le=1)
+    """Per-channel normalisation mean (pixels in [0, 1]); None = the pretrained backbone's, else the
+    dataset's statistics. Three values for one-channel images are averaged."""
+    std: list[float] | None = setting(None, gt=0)
+    """Per-channel normalisation std, given with `data.mean`; None = as `data.mean`."""
     hflip: bool | None = None
     """Random horizontal flip in the weak view; None uses the dataset default (off for digits)."""
     labeled_dir: str | None = None
@@ -179,13 +188,22 @@ class ModelConfig:
     """Backbone network."""
 
     arch: str = "auto"
-    """small_cnn, wrn28_2, wrn28_8, wrn37_2, vit_tiny|small|base; auto picks by dataset."""
+    """small_cnn, wrn28_2, wrn28_8, wrn37_2, or any timm model as timm/<name> (timm/resnet50,
+    timm/vit_base_patch16_224, ...); auto picks by dataset. vit_tiny|small|base[_patchP] name timm
+    ViTs as earlier versions did."""
     fusion_layer: int = setting(-1, ge=-1)
-    """Index of the residual group *before* which embeddings are fused; -1 = before the last group."""
+    """Index of the stage (CNN) or block (ViT) *before* which embeddings are fused; -1 = before
+    the last one."""
     width: int = setting(32, ge=1)
     """small_cnn: channels of the first conv block."""
-    pretrained: str | None = None
-    """Local weights file (timm-named state dict, .pt or .safetensors) for a ViT; never downloaded."""
+    pretrained: bool | str = False
+    """timm backbones: true = timm's pretrained weights (downloaded through the Hugging Face hub
+    and cached), or a local weights file (.safetensors or weights-only .pth/.pt); false = random
+    init."""
+    patch_size: int | None = setting(None, ge=1)
+    """timm ViTs: patch size (2 for ViT-S/2 at 32 px); None = the model's own."""
+    drop_path_rate: float | None = setting(None, ge=0, lt=1)
+    """timm backbones: stochastic depth rate (training only); None = the model's default."""
 
 
 @dataclass
@@ -247,13 +265,15 @@ class TrainConfig:
     nesterov: bool = True
     """SGD Nesterov momentum (needs `momentum` > 0)."""
     weight_decay: float = setting(5e-4, ge=0)
-    """Applied to conv/linear weights only, never to BatchNorm parameters or biases."""
+    """Applied to conv/linear weights only, never to norm parameters, biases, or what the model
+    exempts (a ViT's position embedding and tokens)."""
     cosine_cycles: float = setting(7.0 / 16.0, ge=0)
     """LR factor is cos(pi * cosine_cycles * step / steps), floored at 0."""
     optimizer: Literal["sgd", "adamw"] = "sgd"
     """SGD (CNNs, as the papers) or AdamW (ViTs)."""
     layer_decay: float = setting(1.0, gt=0, le=1)
-    """AdamW/ViT: layer-wise lr decay factor (1 = off)."""
+    """timm backbones: layer-wise lr decay factor, by timm's grouping of the model's layers (the
+    head at `train.lr`, each layer below times this factor; 1 = off)."""
     ema_decay: float = setting(0.999, ge=0, lt=1)
     """EMA of the weights used for evaluation (0 = evaluate the raw model only)."""
     seed: int = setting(0, ge=0, le=SEED_MAX)
@@ -609,11 +629,20 @@ def _resolve_key(key: str) -> tuple[str, str]:
     )
 
 
+# Values older versions wrote that now have another spelling: (key, old value) -> new value.
+_LEGACY_VALUES: dict[tuple[str, Any], Any] = {
+    ("model.pretrained", None): False,  # `pretrained: null` meant no weights before true/false
+}
+
+
 def _set(cfg: Config, key: str, value: Any) -> None:
     section, name = _resolve_key(key)
     sub = getattr(cfg, section)
     tp = typing.get_type_hints(type(sub))[name]
-    setattr(sub, name, _coerce(f"{section}.{name}", value, tp))
+    dotted = f"{section}.{name}"
+    if value is None and (dotted, None) in _LEGACY_VALUES:
+        value = _LEGACY_VALUES[dotted, None]
+    setattr(sub, name, _coerce(dotted, value, tp))
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -775,6 +804,41 @@ def validate(cfg: Config) -> None:
             "train.nesterov=true needs train.momentum > 0, got 0.0; set train.nesterov=false or "
             "a momentum such as 0.9"
         )
+    _validate_inputs(cfg.data)
+    _validate_pretrained(cfg.model)
+
+
+def _validate_inputs(d: DataConfig) -> None:
+    if (d.mean is None) != (d.std is None):
+        raise ConfigError(
+            f"data.mean={d.mean} and data.std={d.std}: give both (one value per channel) or "
+            "neither"
+        )
+    if d.mean is not None and (len(d.mean) != len(d.std) or len(d.mean) not in (1, 3)):
+        raise ConfigError(
+            f"data.mean={d.mean} and data.std={d.std} must both hold 1 or 3 values (one per "
+            "channel)"
+        )
+
+
+def _validate_pretrained(m: ModelConfig) -> None:
+    if isinstance(m.pretrained, str) and not m.pretrained.strip():
+        raise ConfigError("model.pretrained is an empty string: use true, false or a file path")
+    if m.pretrained is not False and not is_timm_backbone(m.arch):
+        raise ConfigError(
+            f"model.pretrained={m.pretrained!r} applies to timm backbones, not model.arch="
+            f"{m.arch}; use model.arch=timm/<name> (e.g. timm/resnet50) or model.pretrained=false"
+        )
+
+
+TIMM_PREFIX = "timm/"
+LEGACY_VIT = re.compile(r"(vit_tiny|vit_small|vit_base)(?:_patch([1-9][0-9]*))?")
+"""``vit_small`` / ``vit_small_patch16``: the names of the ViTs of earlier versions (now timm's)."""
+
+
+def is_timm_backbone(arch: str) -> bool:
+    """Whether ``model.arch`` names a timm model (``timm/<name>`` or a ViT of earlier versions)."""
+    return arch.startswith(TIMM_PREFIX) or LEGACY_VIT.fullmatch(arch) is not None
 
 
 def _check_key(spec: KeySpec, value: Any, algorithm: str) -> None:

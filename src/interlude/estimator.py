@@ -26,7 +26,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from interlude.artifact import Checkpoint
-from interlude.config import Config, load_config
+from interlude.config import Config, DataConfig, load_config
 from interlude.data.arrays import ESTIMATOR_DATASET, array_data
 from interlude.data.base import UNLABELED
 from interlude.data.transforms import resize_images
@@ -51,7 +51,10 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
     Parameters are flat config keys with small defaults that train the 8x8 ``load_digits`` images
     (40 labels) to about 93% test accuracy in 15-25 s on 2 CPU cores; raise ``steps``
     (and ``width``) for larger images. ``config`` takes any other key of ``interlude config keys``
-    as ``{"algorithm.dc_variant": "cd", ...}`` and is applied last.
+    as ``{"algorithm.dc_variant": "cd", ...}`` and is applied last. ``arch="timm/<name>"`` with
+    ``pretrained=True`` (timm's weights) or a weights file fine-tunes a timm backbone; images are
+    then resized to its input size and normalised with its mean/std unless ``resolution`` or
+    ``config`` says otherwise (as ``model.pretrained`` in a config file).
 
     ``fit(X, y)``: ``X`` is an array of images (see :mod:`interlude.inference` for the accepted
     layouts and the ``[0, 1]`` / ``[0, 255]`` float rule) or a list of image file paths; ``y`` holds
@@ -77,6 +80,7 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
         lambda_dc: float = 1.0,
         fusion_strength: float = 0.1,
         arch: str = "auto",
+        pretrained: bool | str = False,
         width: int = 16,
         hflip: bool = False,
         resolution: int | None = None,
@@ -101,6 +105,7 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
         self.lambda_dc = lambda_dc
         self.fusion_strength = fusion_strength
         self.arch = arch
+        self.pretrained = pretrained
         self.width = width
         self.hflip = hflip
         self.resolution = resolution
@@ -127,10 +132,10 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
         Nothing is changed on ``self`` until training has succeeded, so a failed ``fit`` leaves a
         fitted estimator as it was.
         """
-        from interlude.train import run
+        from interlude.train import resolve_inputs, run
 
-        inputs = self._validate_fit_input(X, y)
-        cfg = self._build_config()
+        cfg = resolve_inputs(self._build_config())  # a pretrained backbone's size and mean/std
+        inputs = self._validate_fit_input(X, y, cfg.data)
         previous = self._previous_fit()
         stats = (previous.meta.mean, previous.meta.std) if previous is not None else None
         data = array_data(inputs.images, inputs.labels, [str(c) for c in inputs.classes],
@@ -167,7 +172,7 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
         return export_checkpoint(self.checkpoint_, format, Path(out))
 
     # ------------------------------------------------------------------ input
-    def _validate_fit_input(self, X: Any, y: Any) -> _FitInput:
+    def _validate_fit_input(self, X: Any, y: Any, data_cfg: DataConfig) -> _FitInput:
         """uint8 images, labels encoded 0..K-1 (-1 unlabeled) and what predict must remember."""
         if y is None:
             raise ValueError(
@@ -178,7 +183,7 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
         n_images = _n_rows(X)
         if n_images != len(y):
             raise ValueError(f"X has {n_images} images but y has {len(y)} labels; they must match")
-        inputs = self._fit_images(X)
+        inputs = self._fit_images(X, data_cfg)
         unlabeled = _unlabeled_mask(y)
         if unlabeled.all():
             raise ValueError(
@@ -196,23 +201,25 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
         inputs.labels[~unlabeled] = np.searchsorted(inputs.classes, y[~unlabeled])
         return inputs
 
-    def _fit_images(self, X: Any) -> _FitInput:
+    def _fit_images(self, X: Any, data_cfg: DataConfig) -> _FitInput:
+        resolution, interpolation = data_cfg.resolution, data_cfg.interpolation or "bilinear"
         if is_path_list(X):
-            size = self.resolution or DEFAULT_PATH_RESOLUTION
-            return _FitInput(read_images(list(X), None, size, size))
+            size = resolution or DEFAULT_PATH_RESOLUTION
+            return _FitInput(read_images(list(X), None, size, size, interpolation))
         previous = self._previous_fit()
         images, scale = to_uint8_images(X, self.input_scale_ if previous is not None else None)
         inputs = _FitInput(images, scale=scale, input_shape=tuple(images.shape[1:]),
                            n_features=int(np.prod(np.shape(X)[1:])))
-        if self.resolution is not None:
-            inputs.images = resize_images(images, self.resolution)
+        if resolution is not None:
+            inputs.images = resize_images(images, resolution, interpolation=interpolation)
         return inputs
 
     def _predict_images(self, X: Any) -> np.ndarray:
         channels, height, width = self.image_shape_
+        interpolation = self.checkpoint_.meta.interpolation
         X = _as_input(X)
         if is_path_list(X):
-            return read_images(list(X), channels, height, width)
+            return read_images(list(X), channels, height, width, interpolation)
         if self.input_shape_ is None:  # fitted on files: arrays just need the channel count
             return self.predictor().images(X)
         images, _ = to_uint8_images(X, self.input_scale_)
@@ -224,7 +231,7 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
                 f"X holds images of shape {tuple(images.shape[1:])} (C, H, W), but "
                 f"{type(self).__name__} was fitted on images of shape {self.input_shape_}"
             )
-        return resize_images(images, (height, width))
+        return resize_images(images, (height, width), interpolation=interpolation)
 
     def _logits(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
@@ -245,7 +252,8 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
         overrides: dict[str, Any] = {
             "data.name": ESTIMATOR_DATASET, "data.hflip": self.hflip,
             "data.resolution": self.resolution,
-            "model.arch": self.arch, "model.width": self.width,
+            "model.arch": self.arch, "model.pretrained": self.pretrained,
+            "model.width": self.width,
             "algorithm.name": self.algorithm, "algorithm.threshold": self.threshold,
             "algorithm.lambda_u": self.lambda_u, "algorithm.lambda_dc": self.lambda_dc,
             "algorithm.fusion_strength": self.fusion_strength,

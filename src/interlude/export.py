@@ -82,14 +82,16 @@ def _sidecar(state: Checkpoint, format: str, source: str | None) -> dict:
         "weights": state.primary,
         "step": state.step,
         "source": source,
-        "model": {**state.config.model.__dict__, "pretrained": None},
+        "model": {**state.config.model.__dict__, "pretrained": False},
         "num_classes": meta.num_classes,
         "class_names": list(meta.class_names),
         "image_shape": [channels, height, width],
         "resolution": [height, width],
         "mean": list(meta.mean),
         "std": list(meta.std),
-        "input": "uint8 (N, C, H, W) images -> x / 255 -> (x - mean) / std, float32",
+        "interpolation": meta.interpolation,
+        "input": f"uint8 (N, C, H, W) images ({meta.interpolation} resize) -> x / 255 -> "
+                 "(x - mean) / std, float32",
         "output": "logits (N, num_classes); softmax gives class probabilities",
     }
 
@@ -169,7 +171,7 @@ def load(path: str | Path, *, allow_code: bool = False) -> Predictor:
     _check_outputs(model, meta, model_file)
     return Predictor(
         model=model, classes_=np.array(meta.class_names), image_shape=meta.image_shape,
-        mean=meta.mean, std=meta.std, metadata=sidecar["raw"],
+        mean=meta.mean, std=meta.std, metadata=sidecar["raw"], interpolation=meta.interpolation,
     )
 
 

@@ -74,10 +74,12 @@ class Predictor:
     device: torch.device = torch.device("cpu")
     batch_size: int = 256
     metadata: dict[str, Any] | None = None
+    interpolation: str = "bilinear"
+    """The resize filter training used (``data.interpolation``), applied to new images."""
 
     def images(self, X: Any) -> np.ndarray:
         """uint8 ``(N, C, H, W)`` at the model's resolution, from arrays or files."""
-        return images_for_model(X, self.image_shape)
+        return images_for_model(X, self.image_shape, self.interpolation)
 
     def logits(self, X: Any) -> np.ndarray:
         return batched_logits(
@@ -102,6 +104,7 @@ def predictor_from_checkpoint(
     return Predictor(
         model=model, classes_=np.array(meta.class_names), image_shape=meta.image_shape,
         mean=meta.mean, std=meta.std, device=torch.device(device), batch_size=batch_size,
+        interpolation=meta.interpolation,
     )
 
 
@@ -169,7 +172,8 @@ def predict_files(run_dir: Path, images: Sequence[str | Path], checkpoint: str =
     state = Checkpoint.load(RunDir(run_dir).checkpoint(checkpoint))
     predictor = predictor_from_checkpoint(state, batch_size=batch_size)
     paths = image_files(images)
-    decoded, errors = read_images_skipping(paths, *predictor.image_shape)
+    decoded, errors = read_images_skipping(paths, *predictor.image_shape,
+                                            predictor.interpolation)
     probabilities = np.full((len(paths), len(predictor.classes_)), np.nan)
     readable = [i for i, error in enumerate(errors) if error is None]
     if readable:

@@ -47,7 +47,8 @@ def is_path_list(X: Any) -> bool:
     )
 
 
-def read_image(path: str | os.PathLike, channels: int, height: int, width: int) -> np.ndarray:
+def read_image(path: str | os.PathLike, channels: int, height: int, width: int,
+               interpolation: str = "bilinear") -> np.ndarray:
     """One image file as uint8 ``(channels, height, width)``, decoded as the imagefolder loader."""
     from interlude.data.folder import _to_luma, decode_image
 
@@ -55,19 +56,20 @@ def read_image(path: str | os.PathLike, channels: int, height: int, width: int) 
     if not path.is_file():
         raise DataError(f"image not found: {path}")
     try:
-        rgb, _ = decode_image(path, (height, width))
+        rgb, _ = decode_image(path, (height, width), interpolation)
     except Exception as exc:  # PIL raises many types for damaged or non-image files
         raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None
     return _to_luma(rgb[None])[0] if channels == 1 else rgb
 
 
 def read_images(
-    paths: Sequence[str | os.PathLike], channels: int | None, height: int, width: int
+    paths: Sequence[str | os.PathLike], channels: int | None, height: int, width: int,
+    interpolation: str = "bilinear",
 ) -> np.ndarray:
     """Image files as uint8 ``(N, C, H, W)``; ``channels=None`` picks 1 when every file is gray."""
     from interlude.data.folder import _to_luma
 
-    rgb = np.stack([read_image(p, 3, height, width) for p in paths])
+    rgb = np.stack([read_image(p, 3, height, width, interpolation) for p in paths])
     if channels is None:
         gray = all((im[0] == im[1]).all() and (im[1] == im[2]).all() for im in rgb)
         channels = 1 if gray else 3
@@ -225,13 +227,14 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def read_images_skipping(
-    paths: Sequence[Path], channels: int, height: int, width: int
+    paths: Sequence[Path], channels: int, height: int, width: int,
+    interpolation: str = "bilinear",
 ) -> tuple[np.ndarray, list[str | None]]:
     """Images of the readable files and, per path, None or why it could not be read."""
     images, errors = [], []
     for path in paths:
         try:
-            images.append(read_image(path, channels, height, width))
+            images.append(read_image(path, channels, height, width, interpolation))
             errors.append(None)
         except DataError as exc:
             log.warning("skipped %s", exc)
@@ -240,14 +243,16 @@ def read_images_skipping(
     return stacked, errors
 
 
-def images_for_model(X: Any, image_shape: Sequence[int]) -> np.ndarray:
-    """uint8 ``(N, C, H, W)`` at a model's ``(C, H, W)``, from arrays or image files."""
+def images_for_model(X: Any, image_shape: Sequence[int],
+                     interpolation: str = "bilinear") -> np.ndarray:
+    """uint8 ``(N, C, H, W)`` at a model's ``(C, H, W)``, from arrays or image files, resized
+    with the filter the model was trained with."""
     channels, height, width = (int(v) for v in image_shape)
     if is_path_list(X):
-        return read_images(list(X), channels, height, width)
+        return read_images(list(X), channels, height, width, interpolation)
     images, _ = to_uint8_images(X)
     if images.shape[1] != channels:
         raise ValueError(
             f"X has {images.shape[1]}-channel images but the model takes {channels} channel(s)"
         )
-    return resize_images(images, (height, width))
+    return resize_images(images, (height, width), interpolation=interpolation)

@@ -29,5 +29,5 @@ def build_data(cfg: DataConfig) -> SSLData:
     if cfg.resolution is not None:
         from interlude.data.transforms import resize_raw
 
-        raw = resize_raw(raw, cfg.resolution)
+        raw = resize_raw(raw, cfg.resolution, cfg.interpolation or "bilinear")
     return build_ssl_data(raw, cfg)

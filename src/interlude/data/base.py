@@ -91,6 +91,8 @@ class SSLData:
     std: tuple[float, ...]
     hflip: bool
     split: dict = field(default_factory=dict)
+    interpolation: str = "bilinear"
+    """The filter the images were resized with; predictions resize new images the same way."""
 
     @property
     def num_classes(self) -> int:

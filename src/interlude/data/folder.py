@@ -214,7 +214,12 @@ def _to_rgb(img: Image.Image, bits: int = 16) -> tuple[Image.Image, _Depth]:
     return img.convert("RGB"), depth
 
 
-def _decode(path: Path, size: int | tuple[int, int]) -> tuple[np.ndarray, bool, _Depth]:
+_RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+"""PIL filters of ``data.interpolation``, the same names as the tensor resize's modes."""
+
+
+def _decode(path: Path, size: int | tuple[int, int],
+            interpolation: str = "bilinear") -> tuple[np.ndarray, bool, _Depth]:
     height, width = (size, size) if isinstance(size, int) else size
     with Image.open(path) as img:
         bits = _declared_bits(img)
@@ -222,13 +227,14 @@ def _decode(path: Path, size: int | tuple[int, int]) -> tuple[np.ndarray, bool, 
         gray_mode = img.mode in _GRAY_MODES
         rgb, depth = _to_rgb(img, bits)
     if rgb.size != (width, height):
-        rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
+        rgb = rgb.resize((width, height), _RESAMPLING[interpolation])
     array = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
     gray = gray_mode or bool((array[0] == array[1]).all() and (array[1] == array[2]).all())
     return array, gray, depth
 
 
-def decode_image(path: Path, size: int | tuple[int, int]) -> tuple[np.ndarray, bool]:
+def decode_image(path: Path, size: int | tuple[int, int],
+                 interpolation: str = "bilinear") -> tuple[np.ndarray, bool]:
     """One file as RGB uint8 ``(3, H, W)`` (``size`` = side, or (height, width)) and whether it is
     grayscale (by mode or by identical channels, e.g. an X-ray saved as RGB). Raises
     OSError/ValueError if unreadable.
@@ -236,18 +242,19 @@ def decode_image(path: Path, size: int | tuple[int, int]) -> tuple[np.ndarray, b
     16-bit, 12-bit (TIFF) and float images are scaled to 8 bits by their mode's bit depth, the
     same for every file, never by the image's own maximum: 16-bit ``v / 257``, 12-bit TIFF
     ``v * 255 / 4095``, float ``[0, 1] -> 0..255`` (clipped), rounding half up."""
-    array, gray, _ = _decode(path, size)
+    array, gray, _ = _decode(path, size, interpolation)
     return array, gray
 
 
-def _try_decode(path: Path, size: int) -> tuple[np.ndarray, bool, _Depth] | str:
+def _try_decode(path: Path, size: int, interpolation: str) -> tuple[np.ndarray, bool, _Depth] | str:
     try:
-        return _decode(path, size)
+        return _decode(path, size, interpolation)
     except Exception as exc:  # PIL fails on damaged files in many ways: skip them all
         return f"{type(exc).__name__}: {exc}"
 
 
-def _decode_files(files: list[Path], labels: list[int], size: int) -> _Decoded:
+def _decode_files(files: list[Path], labels: list[int], size: int,
+                  interpolation: str = "bilinear") -> _Decoded:
     """Decode in threads (PIL releases the GIL), keeping file order."""
     images = np.empty((len(files), 3, size, size), dtype=np.uint8)
     gray = np.zeros(len(files), dtype=bool)
@@ -256,7 +263,7 @@ def _decode_files(files: list[Path], labels: list[int], size: int) -> _Decoded:
     depths: list[_Depth] = []
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
-        for i, result in enumerate(pool.map(lambda p: _try_decode(p, size), files)):
+        for i, result in enumerate(pool.map(lambda p: _try_decode(p, size, interpolation), files)):
             if isinstance(result, str):
                 skipped.append((files[i], result))
             else:
@@ -267,10 +274,11 @@ def _decode_files(files: list[Path], labels: list[int], size: int) -> _Decoded:
                     depths)
 
 
-def _decode_classes(files: dict[str, list[Path]], classes: list[str], size: int) -> _Decoded:
+def _decode_classes(files: dict[str, list[Path]], classes: list[str], size: int,
+                    interpolation: str = "bilinear") -> _Decoded:
     paths = [p for c in classes for p in files.get(c, [])]
     labels = [i for i, c in enumerate(classes) for _ in files.get(c, [])]
-    return _decode_files(paths, labels, size)
+    return _decode_files(paths, labels, size, interpolation)
 
 
 def _to_luma(rgb: np.ndarray) -> np.ndarray:
@@ -386,21 +394,22 @@ def _scan(cfg: DataConfig, fixed_classes: list[str] | None, notes: list[str]) ->
     return _Layout(classes, (labeled_dir, labeled), (unlabeled_dir, unlabeled), extras)
 
 
-def _decode_layout(layout: _Layout, size: int, notes: list[str]) -> dict[str, _Decoded]:
+def _decode_layout(layout: _Layout, size: int, notes: list[str],
+                   interpolation: str = "bilinear") -> dict[str, _Decoded]:
     """Decode every folder: ``train`` (labeled), ``unlabeled`` and optional ``val``/``test``."""
     labeled_dir, labeled_files = layout.labeled
-    decoded = {"train": _decode_classes(labeled_files, layout.classes, size)}
+    decoded = {"train": _decode_classes(labeled_files, layout.classes, size, interpolation)}
     _report_skipped(decoded["train"], labeled_dir, notes)
     _check_every_class_readable(decoded["train"], layout.classes, labeled_dir)
     unlabeled_dir, unlabeled_files = layout.unlabeled
     decoded["unlabeled"] = _decode_files(
-        unlabeled_files, [UNLABELED] * len(unlabeled_files), size
+        unlabeled_files, [UNLABELED] * len(unlabeled_files), size, interpolation
     )
     _report_skipped(decoded["unlabeled"], unlabeled_dir, notes)
     if len(decoded["unlabeled"].images) == 0:
         raise DataError(f"no readable image in data.unlabeled_dir={unlabeled_dir}")
     for key, (root, found) in layout.labeled_extras.items():
-        decoded[key] = _decode_classes(found, layout.classes, size)
+        decoded[key] = _decode_classes(found, layout.classes, size, interpolation)
         _report_skipped(decoded[key], root, notes)
     _report_depths(list(decoded.values()), notes)
     return decoded
@@ -419,7 +428,7 @@ def load_image_folders(
     size = cfg.resolution or default_resolution
     notes: list[str] = [f"{name}: images resized to {size}x{size}"]
     layout = _scan(cfg, classes, notes)
-    decoded = _decode_layout(layout, size, notes)
+    decoded = _decode_layout(layout, size, notes, cfg.interpolation or "bilinear")
     grayscale = _choose_grayscale(cfg.grayscale, default_grayscale, list(decoded.values()))
     sets = {
         key: ImageSet(_to_luma(d.images) if grayscale else d.images, d.labels)

@@ -163,6 +163,7 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
             "needs an unlabeled pool (lower data.labels_per_class or add unlabeled images)"
         )
     val = pool.subset(np.array(split["val"], dtype=np.int64)) if split["val"] else raw.val
+    mean, std = normalisation(raw, cfg)
     record = {
         "dataset": raw.name,
         "data_seed": cfg.data_seed,
@@ -181,11 +182,32 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
         test=raw.test,
         val=val,
         class_names=list(raw.class_names),
-        mean=tuple(raw.mean),
-        std=tuple(raw.std),
+        mean=mean,
+        std=std,
         hflip=raw.hflip if cfg.hflip is None else cfg.hflip,
         split=record,
+        interpolation=cfg.interpolation or "bilinear",
     )
+
+
+def normalisation(raw: RawDataset, cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``data.mean``/``data.std`` when given (a pretrained backbone's), else the dataset's.
+
+    Three given values for one-channel images are averaged: grey images fed to an RGB-pretrained
+    backbone (whose first layer timm sums over the channels) see the average statistics.
+    """
+    if cfg.mean is None or cfg.std is None:
+        return tuple(raw.mean), tuple(raw.std)
+    channels = raw.train.shape[0]
+    mean, std = list(cfg.mean), list(cfg.std)
+    if channels == 1 and len(mean) == 3:
+        mean, std = [sum(mean) / 3], [sum(std) / 3]
+    if len(mean) != channels:
+        raise DataError(
+            f"data.mean/data.std give {len(mean)} values but {raw.name} has {channels}-channel "
+            f"images; give {channels} value(s)"
+        )
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def concat_sets(a: ImageSet, b: ImageSet) -> ImageSet:

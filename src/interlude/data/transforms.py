@@ -10,30 +10,32 @@ from interlude.data.base import ImageSet, RawDataset
 
 
 def resize_images(
-    images: np.ndarray, size: int | tuple[int, int], chunk: int = 4096
+    images: np.ndarray, size: int | tuple[int, int], chunk: int = 4096,
+    interpolation: str = "bilinear",
 ) -> np.ndarray:
-    """Resize uint8 (N, C, H, W) images to ``size`` (side, or (height, width)), antialiased."""
+    """Resize uint8 (N, C, H, W) images to ``size`` (side, or (height, width)), antialiased, with
+    the ``bilinear`` or ``bicubic`` filter (``data.interpolation``)."""
     height, width = (size, size) if isinstance(size, int) else size
     if images.shape[-2:] == (height, width):
         return images
     out = np.empty((len(images), images.shape[1], height, width), dtype=np.uint8)
     for start in range(0, len(images), chunk):
         batch = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk])).float()
-        resized = F.interpolate(batch, size=(height, width), mode="bilinear", antialias=True)
+        resized = F.interpolate(batch, size=(height, width), mode=interpolation, antialias=True)
         out[start : start + chunk] = resized.round().clamp(0, 255).to(torch.uint8).numpy()
     return out
 
 
-def _resize_set(images: ImageSet | None, size: int) -> ImageSet | None:
+def _resize_set(images: ImageSet | None, size: int, interpolation: str) -> ImageSet | None:
     if images is None:
         return None
-    return ImageSet(resize_images(images.images, size), images.labels)
+    return ImageSet(resize_images(images.images, size, interpolation=interpolation), images.labels)
 
 
-def resize_raw(raw: RawDataset, size: int) -> RawDataset:
+def resize_raw(raw: RawDataset, size: int, interpolation: str = "bilinear") -> RawDataset:
     """Return ``raw`` with every split resized to ``size`` x ``size``."""
-    raw.train = _resize_set(raw.train, size)  # type: ignore[assignment]
-    raw.test = _resize_set(raw.test, size)
-    raw.val = _resize_set(raw.val, size)
-    raw.extra_unlabeled = _resize_set(raw.extra_unlabeled, size)
+    raw.train = _resize_set(raw.train, size, interpolation)  # type: ignore[assignment]
+    raw.test = _resize_set(raw.test, size, interpolation)
+    raw.val = _resize_set(raw.val, size, interpolation)
+    raw.extra_unlabeled = _resize_set(raw.extra_unlabeled, size, interpolation)
     return raw

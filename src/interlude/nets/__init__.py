@@ -1,4 +1,5 @@
-"""Backbones. Each exposes ``model.fusion`` (an :class:`EmbeddingFusion`) at its fusion point."""
+"""Backbones: built-in CNNs and any timm model. Each exposes ``model.fusion`` (an
+:class:`EmbeddingFusion`) at its fusion point, fixed by :func:`build_net`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from interlude.config import ModelConfig
+from interlude.config import ModelConfig, is_timm_backbone
 from interlude.errors import ConfigError
 from interlude.nets.fusion import EmbeddingFusion, fuse_with_next
 from interlude.nets.small_cnn import SmallCNN
@@ -18,6 +19,7 @@ __all__ = [
     "WideResNet",
     "arch_names",
     "build_net",
+    "pretrained_inputs",
     "resolve_arch",
     "fuse_with_next",
 ]
@@ -39,7 +41,17 @@ _DEFAULT_ARCH = {
 
 
 def arch_names() -> list[str]:
-    return ["small_cnn", *_CNN_BUILDERS, "vit_tiny", "vit_small", "vit_base"]
+    return ["small_cnn", *_CNN_BUILDERS, "timm/<any timm model>"]
+
+
+def pretrained_inputs(cfg: ModelConfig):
+    """Input size, resize filter and mean/std of the pretrained weights ``cfg`` asks for (a
+    :class:`~interlude.nets.timm_net.Inputs`), or None (random init or a built-in net)."""
+    if cfg.pretrained is False or not is_timm_backbone(cfg.arch):
+        return None
+    from interlude.nets.timm_net import pretrained_inputs as lookup
+
+    return lookup(cfg)
 
 
 def resolve_arch(arch: str, dataset: str, resolution: int) -> str:
@@ -71,10 +83,10 @@ def build_net(
         model = SmallCNN(num_classes, in_channels, cfg.width, cfg.fusion_layer)
     elif arch in _CNN_BUILDERS:
         model = _CNN_BUILDERS[arch](num_classes, in_channels, cfg.fusion_layer)
-    elif arch.startswith("vit"):
-        from interlude.nets.vit import build_vit
+    elif is_timm_backbone(arch):
+        from interlude.nets.timm_net import build_timm_net  # timm is imported only when used
 
-        model = build_vit(arch, cfg, num_classes, in_channels, resolution)
+        model = build_timm_net(arch, cfg, num_classes, in_channels, resolution)
     else:
         raise ConfigError(f"unknown model.arch '{arch}'. Available: {', '.join(arch_names())}")
     model.fusion.strength = float(fusion_strength)

@@ -35,5 +35,15 @@ class EmbeddingFusion(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return fuse_with_next(h, self.strength) if self.active else h
 
+    def pre_hook(self, module: nn.Module, args: tuple) -> tuple | None:
+        """Forward pre-hook that fuses the first input of ``module`` (timm backbones, where the
+        fusion point is another library's module). Returning None leaves the input untouched."""
+        if not self.active:
+            return None
+        if not args:
+            raise RuntimeError(f"{type(module).__name__} got its input by keyword; fusion needs it "
+                               "positional")
+        return (self(args[0]), *args[1:])
+
     def extra_repr(self) -> str:
         return f"strength={self.strength}, at_eval={self.at_eval}"

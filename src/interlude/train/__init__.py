@@ -3,6 +3,7 @@
 ``run(cfg)`` owns a run from start to end::
 
     with RunDir(...) as run_dir:                # one owner; stale locks and temp files cleaned
+        cfg = resolve_inputs(cfg)               # a pretrained backbone's size, filter, mean/std
         data = build_data(cfg.data)             # labeled / unlabeled / val / test
         cfg = resolve_config(cfg, data)         # model.arch=auto resolved, once
         check_resumable(...)                    # resume: compatible before anything is written
@@ -17,6 +18,7 @@ a failed start leaves the directory as it was.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import signal
@@ -32,13 +34,13 @@ from interlude.artifact import Checkpoint, RunMeta, write_atomic
 from interlude.config import Config, diff
 from interlude.data import SSLData, build_data
 from interlude.errors import CheckpointError, ConfigError, InterludeError
-from interlude.nets import build_net, resolve_arch
+from interlude.nets import build_net, pretrained_inputs, resolve_arch
 from interlude.rundir import RunDir
 from interlude.train.distributed import DistContext, init_from_env
 from interlude.train.loop import Trainer
 
-__all__ = ["RunResult", "Trainer", "build_trainer", "resolve_config", "resolve_device", "run",
-           "run_dir_for"]
+__all__ = ["RunResult", "Trainer", "build_trainer", "resolve_config", "resolve_device",
+           "resolve_inputs", "run", "run_dir_for"]
 
 log = logging.getLogger("interlude")
 
@@ -81,6 +83,26 @@ def run_dir_for(cfg: Config) -> Path:
     return Path(cfg.train.out_dir) / name
 
 
+def resolve_inputs(cfg: Config) -> Config:
+    """A copy of ``cfg`` with the input size, resize filter and mean/std of a pretrained timm
+    backbone filled in where ``data.resolution`` / ``interpolation`` / ``mean`` and ``std`` are
+    left unset (from timm's pretrained config: a table lookup, no download).
+
+    Images are resized when they are loaded, so this is decided from the config alone, before
+    the data; the values land in the saved ``config.yaml``, so eval, export and resume reproduce
+    them. Keys the user set are kept.
+    """
+    inputs = pretrained_inputs(cfg.model)
+    resolved = copy.deepcopy(cfg)
+    if inputs is not None:
+        d = resolved.data
+        d.resolution = inputs.size if d.resolution is None else d.resolution
+        d.interpolation = d.interpolation or inputs.interpolation
+        if d.mean is None:
+            d.mean, d.std = list(inputs.mean), list(inputs.std)
+    return resolved
+
+
 def resolve_config(cfg: Config, data: SSLData) -> Config:
     """A copy of ``cfg`` with what depends on the data decided (``model.arch=auto``)."""
     resolved = copy.deepcopy(cfg)
@@ -100,12 +122,18 @@ def build_trainer(
     run_dir: RunDir | Path,
     data: SSLData | None = None,
     dist: DistContext | None = None,
+    pretrained: bool = True,
 ) -> Trainer:
-    """Build data, algorithm and model for ``cfg`` (seeded by ``train.seed``) and a Trainer."""
+    """Build data, algorithm and model for ``cfg`` (seeded by ``train.seed``) and a Trainer.
+
+    ``pretrained=False`` skips ``model.pretrained`` (random init): a resumed run overwrites every
+    weight from its checkpoint, so it needs neither the weights file nor the network.
+    """
     dist = dist or DistContext()
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device, dist)
+    cfg = resolve_inputs(cfg)
     data = data if data is not None else build_data(cfg.data)
     cfg = resolve_config(cfg, data)
     torch.manual_seed(cfg.train.seed)
@@ -114,7 +142,8 @@ def build_trainer(
         cfg.algorithm, data.num_classes, weights, num_unlabeled=len(data.unlabeled)
     )
     channels, height, _ = data.image_shape
-    model = build_net(cfg.model, data.num_classes, channels, height, cfg.data.name,
+    model_cfg = cfg.model if pretrained else dataclasses.replace(cfg.model, pretrained=False)
+    model = build_net(model_cfg, data.num_classes, channels, height, cfg.data.name,
                       fusion_strength=algorithm.fusion_strength,
                       fusion_at_eval=cfg.algorithm.fusion_at_eval)
     return Trainer(cfg, data, model, algorithm, run_dir, device, dist)
@@ -200,11 +229,12 @@ def _run_owned(cfg: Config, run_dir: RunDir, dist: DistContext, resume: bool,
             f"{run_dir.path} already holds a run; pass --resume to continue it, --overwrite to "
             "start over, or set train.run_name"
         )
+    cfg = resolve_inputs(cfg)
     data = data if data is not None else build_data(cfg.data)
     cfg = resolve_config(cfg, data)
     if checkpoint is not None:
         check_resumable(checkpoint, cfg, data, run_dir)
-    trainer = build_trainer(cfg, run_dir, data, dist)
+    trainer = build_trainer(cfg, run_dir, data, dist, pretrained=checkpoint is None)
     if checkpoint is not None:
         trainer.restore(checkpoint)
         log.info("resumed %s at step %d", run_dir.path, trainer.step)

@@ -1,4 +1,12 @@
-"""Optimizer and learning-rate schedule of FixMatch/InterLUDE."""
+"""Optimizer and learning-rate schedule of FixMatch/InterLUDE.
+
+Parameter groups come from timm's helpers, so every backbone is treated the way the field treats
+it: no weight decay on 1-d parameters (norm scales and shifts, biases) nor on what the model
+lists in ``no_weight_decay()`` (a ViT's position embedding and tokens), and, with
+``train.layer_decay < 1``, BEiT/USB layer-wise lr decay by the model's own ``group_matcher``
+(embeddings lowest, head at the full rate). timm gives each group an ``lr_scale``; it becomes the
+group's ``lr`` here, which our cosine ``LambdaLR`` then scales like any other.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +16,28 @@ import torch
 from torch import nn
 
 from interlude.config import TrainConfig
+from interlude.errors import ConfigError
 
 
-def split_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two parameter groups: conv/linear weights decay; BatchNorm parameters and biases do not.
+def param_groups(model: nn.Module, lr: float, weight_decay: float,
+                 layer_decay: float = 1.0) -> list[dict]:
+    """Optimizer groups: decay / no decay, per layer when ``layer_decay < 1`` (timm's helpers)."""
+    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
-    Parameters with one dimension (biases, norm scales/shifts) are exactly the ones the authors
-    exclude by name ("bias", "bn"); testing the shape also covers layers that are not named bn.
-    """
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim > 1 else no_decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    if layer_decay < 1.0:
+        if not hasattr(model, "group_matcher"):
+            raise ConfigError(
+                f"train.layer_decay={layer_decay} needs a backbone with layers timm can group "
+                "(model.arch=timm/<name>); set train.layer_decay=1 for this network"
+            )
+        groups = param_groups_layer_decay(model, weight_decay, no_weight_decay_list=skip,
+                                          layer_decay=layer_decay)
+    else:  # decay group first: the order of earlier versions, so their last.pt still resumes
+        groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)[::-1]
+    for group in groups:
+        group["lr"] = lr * group.pop("lr_scale", 1.0)
+    return groups
 
 
 def cosine_factor(step: int, total_steps: int, cycles: float = 7.0 / 16.0) -> float:
@@ -32,24 +46,12 @@ def cosine_factor(step: int, total_steps: int, cycles: float = 7.0 / 16.0) -> fl
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.layer_decay)
     if cfg.optimizer == "adamw":
-        groups = _vit_groups(model, cfg) or split_decay_groups(model, cfg.weight_decay)
         return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
-    groups = _vit_groups(model, cfg) if cfg.layer_decay != 1.0 else None
-    groups = groups or split_decay_groups(model, cfg.weight_decay)
     return torch.optim.SGD(
         groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=True
     )
-
-
-def _vit_groups(model: nn.Module, cfg: TrainConfig) -> list[dict] | None:
-    try:
-        from interlude.nets.vit import is_vit, vit_param_groups
-    except ImportError:
-        return None
-    if not is_vit(model):
-        return None
-    return vit_param_groups(model, cfg.lr, cfg.weight_decay, cfg.layer_decay)
 
 
 def build_scheduler(
