@@ -25,8 +25,8 @@ def resize_images(
 
 
 def _resize_set(images: ImageSet | None, size: int) -> ImageSet | None:
-    if images is None:
-        return None
+    if images is None or images.images.shape[-2:] == (size, size):
+        return images  # as it is: a disk-backed set already at the size stays on disk
     return ImageSet(resize_images(images.images, size), images.labels)
 
 
