@@ -9,11 +9,13 @@ throughput, and how fast a second run starts from the cache.
 2. ``cold``: ``interlude train`` with an empty image cache: decodes every file into the cache
    (throughput from its log line), then trains ``--steps`` steps (small CNN, batch 8 + 7 x 8
    unlabeled, device augmentation on the CPU).
-3. ``warm``: the same command again (``--overwrite``): reads the cache; and the time a fresh
-   process takes to load the data (``build_data``) from the cache, imports included.
+3. ``warm``: the same command again (``--overwrite``, ``--repeats`` times): reads the cache.
 4. ``small``: the same training on a 2,000-image unlabeled subset (its own cache), the baseline
-   whose peak RSS the large run is compared with.
-5. ``uncached`` (with ``--uncached``): the large run with ``data.cache=false`` (decoded into RAM),
+   whose peak RSS the large run is compared with (``--repeats`` times: RSS varies by tens of MiB
+   from run to run).
+5. ``load``: a fresh process that only loads the data (``build_data``) from the cache, for each
+   pool: how fast a second run starts, and the RSS of the data alone.
+6. ``uncached`` (with ``--uncached``): the large run with ``data.cache=false`` (decoded into RAM),
    for contrast.
 
 Peak RSS is ``ru_maxrss`` of each training process (``os.wait4``), which counts resident pages
@@ -116,6 +118,7 @@ def main() -> None:
     parser.add_argument("--unlabeled", type=int, default=200_000)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=2, help="warm runs of each pool size")
     parser.add_argument("--uncached", action="store_true", help="also run with data.cache=false")
     args = parser.parse_args()
     root, size = args.root, args.size
@@ -125,37 +128,50 @@ def main() -> None:
     for entry in (cache / "images").glob("*") if (cache / "images").is_dir() else []:
         entry.unlink()  # a cold start
     decoded_mb = args.unlabeled * 3 * size * size / 2**20
-    rows = []
 
-    wall, rss, log = measured(train_command(root, "unlabeled", out, args.steps, size), env)
+    def train(pool: str, *extra: str) -> tuple[float, float, str]:
+        return measured(train_command(root, pool, out, args.steps, size, *extra), env)
+
+    def load(pool: str) -> tuple[float, float]:
+        command = train_command(root, pool, out, args.steps, size)[5:9]
+        _, rss, output = measured([sys.executable, "-c", LOAD, *command], env)
+        line = next(line for line in output.splitlines() if line.startswith("LOADED"))
+        return float(line.split()[-2]), rss
+
+    rows = []
+    wall, rss, log = train("unlabeled")
     match = re.search(r"cached (\d+) imagefolder-unlabeled images \((\d+) MB\) in ([\d.]+) s "
                       r"\((\d+) images/s\)", log)
-    build = f"{match.group(3)} s, {match.group(4)} images/s" if match else "?"
-    rows.append(("cold: build cache + train", wall, rss, build))
-    wall, rss, _ = measured(train_command(root, "unlabeled", out, args.steps, size), env)
-    rows.append(("warm: train from the cache", wall, rss, ""))
-    load_args = train_command(root, "unlabeled", out, args.steps, size)[5:9]
-    _, _, loaded = measured([sys.executable, "-c", LOAD, *load_args], env)
-    load_line = next(line for line in loaded.splitlines() if line.startswith("LOADED"))
-    rows.append(("warm: new process, build_data only", float(load_line.split()[-2]), 0.0,
-                 "imports included"))
-    _, _, _ = measured(train_command(root, "unlabeled-small", out, args.steps, size), env)
-    wall, small_rss, _ = measured(train_command(root, "unlabeled-small", out, args.steps, size),
-                                  env)
-    rows.append(("baseline: 2,000 unlabeled (cached)", wall, small_rss, ""))
+    build = f"cache built in {match.group(3)} s: {match.group(4)} images/s" if match else "?"
+    rows.append(("200k, cold: build the cache, then train", wall, rss, build))
+    big, small = [], []
+    for repeat in range(args.repeats):
+        wall, rss, _ = train("unlabeled")
+        big.append(rss)
+        rows.append((f"200k, warm: train from the cache (#{repeat + 1})", wall, rss, ""))
+    train("unlabeled-small")  # builds the small pool's cache
+    for repeat in range(args.repeats):
+        wall, rss, _ = train("unlabeled-small")
+        small.append(rss)
+        rows.append((f"2k baseline, warm (#{repeat + 1})", wall, rss, ""))
+    for pool, name in (("unlabeled", "200k"), ("unlabeled-small", "2k")):
+        seconds, rss = load(pool)
+        rows.append((f"{name}: new process, `build_data` only", seconds, rss,
+                     "wall = process start to data ready, imports included"))
     if args.uncached:
-        wall, rss, _ = measured(train_command(root, "unlabeled", out, args.steps, size,
-                                              "data.cache=false"), env)
-        rows.append(("uncached: decode into RAM + train", wall, rss, ""))
+        wall, rss, _ = train("unlabeled", "data.cache=false")
+        rows.append(("200k, `data.cache=false`: decode into RAM, then train", wall, rss, ""))
 
     print(f"\n{args.unlabeled} unlabeled images of {size} px: decoded size {decoded_mb:.0f} MiB; "
           f"{args.steps} training steps; {os.cpu_count()} CPU cores\n")
-    print("| run | wall (s) | peak RSS (MiB) | RSS - baseline (% of decoded) | note |")
-    print("|---|---|---|---|---|")
+    print("| run | wall (s) | peak RSS (MiB) | note |")
+    print("|---|---|---|---|")
     for name, wall, rss, note in rows:
-        growth = (f"{rss - small_rss:.0f} ({100 * (rss - small_rss) / decoded_mb:.1f} %)"
-                  if rss else "-")
-        print(f"| {name} | {wall:.1f} | {rss:.0f} | {growth} | {note} |")
+        print(f"| {name} | {wall:.1f} | {rss:.0f} | {note} |")
+    low, high = min(big) - max(small), max(big) - min(small)
+    print(f"\nRSS growth of training, 200k vs 2k unlabeled: {low:.0f} to {high:.0f} MiB "
+          f"({100 * low / decoded_mb:.1f} % to {100 * high / decoded_mb:.1f} % of the decoded "
+          "size)")
 
 
 if __name__ == "__main__":

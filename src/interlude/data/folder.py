@@ -29,6 +29,7 @@ pool back.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,16 +57,60 @@ _MAX_12_BIT = 4095
 _to_luma = to_luma  # used by interlude.inputs
 
 # --------------------------------------------------------------------------- finding files
-def _hidden(path: Path, root: Path) -> bool:
-    return any(p.startswith(".") or p == "__MACOSX" for p in path.relative_to(root).parts)
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+@dataclass
+class ImageFiles:
+    """The image files under ``root``: their paths relative to it ("/"-separated, in the order
+    sorted ``Path`` objects have) and each file's ``size:mtime_ns`` signature (what the image
+    cache's key is made of). Plain strings: a pool of 200k files costs megabytes, not the
+    hundreds a list of ``Path`` objects would."""
+
+    root: Path
+    names: list[str]
+    signatures: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def paths(self) -> list[Path]:
+        return [self.root / name for name in self.names]
+
+
+def scan_images(folder: Path) -> ImageFiles:
+    """Image files under ``folder`` at any depth (hidden files and folders, ``__MACOSX`` and
+    symlinked folders skipped; symlinked files kept), sorted so the pool order is reproducible.
+    One ``os.scandir`` walk and one ``stat`` per file."""
+    found: list[tuple[tuple[str, ...], str]] = []
+    stack: list[tuple[str, tuple[str, ...]]] = [(str(folder), ())]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            with os.scandir(directory) as entries:
+                listed = list(entries)
+        except OSError:
+            continue
+        for entry in listed:
+            if _hidden(entry.name):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, (*prefix, entry.name)))
+                elif (os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES
+                      and entry.is_file()):
+                    stat = entry.stat()
+                    found.append(((*prefix, entry.name), f"{stat.st_size}:{stat.st_mtime_ns}"))
+            except OSError:  # removed while scanning
+                continue
+    found.sort(key=lambda item: item[0])  # component-wise, as Path objects compare
+    return ImageFiles(folder, ["/".join(parts) for parts, _ in found], [s for _, s in found])
 
 
 def image_files(folder: Path) -> list[Path]:
     """Image files under ``folder`` at any depth, sorted so the pool order is reproducible."""
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not _hidden(p, folder)
-    )
+    return scan_images(folder).paths()
 
 
 def _require_dir(path: str | None, key: str, hint: str) -> Path:
@@ -77,15 +122,15 @@ def _require_dir(path: str | None, key: str, hint: str) -> Path:
     return folder
 
 
-def class_folders(root: Path, key: str) -> dict[str, list[Path]]:
+def class_folders(root: Path, key: str) -> dict[str, ImageFiles]:
     """``{class name: image files}`` for each subfolder of ``root``."""
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not _hidden(d, root))
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not _hidden(d.name))
     if not subdirs:
         raise DataError(
             f"{key}={root} has no subfolders: put each class's images in their own folder, "
             f"e.g. {root}/cat/img1.png and {root}/dog/img2.jpg"
         )
-    files = {d.name: image_files(d) for d in subdirs}
+    files = {d.name: scan_images(d) for d in subdirs}
     empty = [name for name, found in files.items() if not found]
     if empty:
         raise DataError(
@@ -103,7 +148,7 @@ def _warn_loose_images(root: Path, notes: list[str]) -> None:
                              "images must be inside a class subfolder")
 
 
-def _class_order(found: dict[str, list[Path]], fixed: list[str] | None, root: Path) -> list[str]:
+def _class_order(found: dict[str, ImageFiles], fixed: list[str] | None, root: Path) -> list[str]:
     if fixed is None:
         return sorted(found)
     missing = [c for c in fixed if c not in found]
@@ -116,7 +161,7 @@ def _class_order(found: dict[str, list[Path]], fixed: list[str] | None, root: Pa
     return list(fixed)
 
 
-def _check_known_classes(found: dict[str, list[Path]], classes: list[str], key: str,
+def _check_known_classes(found: dict[str, ImageFiles], classes: list[str], key: str,
                          root: Path, labeled_dir: Path) -> None:
     unknown = sorted(set(found) - set(classes))
     if unknown:
@@ -188,9 +233,9 @@ class _Layout:
     """The files of every folder, checked for consistency before anything is decoded."""
 
     classes: list[str]
-    labeled: tuple[Path, dict[str, list[Path]]]
-    unlabeled: tuple[Path, list[Path]]
-    labeled_extras: dict[str, tuple[Path, dict[str, list[Path]]]]  # "val" / "test"
+    labeled: tuple[Path, dict[str, ImageFiles]]
+    unlabeled: ImageFiles
+    labeled_extras: dict[str, tuple[Path, dict[str, ImageFiles]]]  # "val" / "test"
 
 
 def _scan(cfg: DataConfig, fixed_classes: list[str] | None, notes: list[str]) -> _Layout:
@@ -205,7 +250,7 @@ def _scan(cfg: DataConfig, fixed_classes: list[str] | None, notes: list[str]) ->
     if len(classes) < 2:
         raise DataError(f"data.labeled_dir={labeled_dir} has only the class folder {classes[0]}; "
                         "a classifier needs at least 2 classes")
-    extras: dict[str, tuple[Path, dict[str, list[Path]]]] = {}
+    extras: dict[str, tuple[Path, dict[str, ImageFiles]]] = {}
     for key, path in (("val", cfg.val_dir), ("test", cfg.test_dir)):
         if path:
             root = _require_dir(path, f"data.{key}_dir", "")
@@ -213,17 +258,21 @@ def _scan(cfg: DataConfig, fixed_classes: list[str] | None, notes: list[str]) ->
             _warn_loose_images(root, notes)
             _check_known_classes(found, classes, f"data.{key}_dir", root, labeled_dir)
             extras[key] = (root, found)
-    unlabeled = image_files(unlabeled_dir)
+    unlabeled = scan_images(unlabeled_dir)
     if not unlabeled:
         raise DataError(f"data.unlabeled_dir={unlabeled_dir} holds no images "
                         f"({'/'.join(sorted(IMAGE_SUFFIXES))})")
-    return _Layout(classes, (labeled_dir, labeled), (unlabeled_dir, unlabeled), extras)
+    return _Layout(classes, (labeled_dir, labeled), unlabeled, extras)
 
 
-def _classes_set(found: dict[str, list[Path]], classes: list[str]) -> tuple[list[Path], list[int]]:
-    paths = [p for c in classes for p in found.get(c, [])]
-    labels = [i for i, c in enumerate(classes) for _ in found.get(c, [])]
-    return paths, labels
+def _classes_set(root: Path, found: dict[str, ImageFiles], classes: list[str]) -> tuple[
+        ImageFiles, list[int]]:
+    """The files of every class folder as one set under ``root``, in class order, and labels."""
+    present = [(i, found[c]) for i, c in enumerate(classes) if c in found]  # val/test: some
+    names = [f"{files.root.name}/{n}" for _, files in present for n in files.names]
+    signatures = [s for _, files in present for s in files.signatures]
+    labels = [i for i, files in present for _ in files.names]
+    return ImageFiles(root, names, signatures), labels
 
 
 def _decode_layout(layout: _Layout, size: int, name: str, cfg: DataConfig,
@@ -232,22 +281,22 @@ def _decode_layout(layout: _Layout, size: int, name: str, cfg: DataConfig,
     optional ``val``/``test``."""
     cache = cache_root(cfg.cache, cfg.cache_dir)
 
-    def decode(role: str, root: Path, files: list[Path], labels: list[int]) -> FolderSet:
-        return decode_set(root, files, labels, size, role, name, cache, cfg.decode_workers)
+    def decode(role: str, files: ImageFiles, labels: list[int]) -> FolderSet:
+        return decode_set(files.root, files.names, files.signatures, labels, size, role, name,
+                          cache, cfg.decode_workers)
 
     labeled_dir, labeled_files = layout.labeled
-    decoded = {"train": decode("labeled", labeled_dir,
-                               *_classes_set(labeled_files, layout.classes))}
+    decoded = {"train": decode("labeled", *_classes_set(labeled_dir, labeled_files,
+                                                         layout.classes))}
     _report_skipped(decoded["train"], notes)
     _check_every_class_readable(decoded["train"], layout.classes, labeled_dir)
-    unlabeled_dir, unlabeled_files = layout.unlabeled
-    decoded["unlabeled"] = decode("unlabeled", unlabeled_dir, unlabeled_files,
-                                  [UNLABELED] * len(unlabeled_files))
+    unlabeled = layout.unlabeled
+    decoded["unlabeled"] = decode("unlabeled", unlabeled, [UNLABELED] * len(unlabeled))
     _report_skipped(decoded["unlabeled"], notes)
     if len(decoded["unlabeled"].images) == 0:
-        raise DataError(f"no readable image in data.unlabeled_dir={unlabeled_dir}")
+        raise DataError(f"no readable image in data.unlabeled_dir={unlabeled.root}")
     for key, (root, found) in layout.labeled_extras.items():
-        decoded[key] = decode(key, root, *_classes_set(found, layout.classes))
+        decoded[key] = decode(key, *_classes_set(root, found, layout.classes))
         _report_skipped(decoded[key], notes)
     _report_depths(list(decoded.values()), notes)
     return decoded

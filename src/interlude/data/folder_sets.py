@@ -24,13 +24,11 @@ from interlude.data.cache import (
     PixelSums,
     RowWriter,
     build_in_memory,
-    file_signature,
     fingerprint,
     open_cached,
     to_luma,
 )
 from interlude.data.decode import DECODER_VERSION, Depth, DepthSummary, try_decode
-from interlude.errors import DataError
 
 _BATCH = 256
 
@@ -54,26 +52,26 @@ class FolderSet:
     """False when the set was read from an existing cache entry (nothing decoded now)."""
 
 
-def _in_order(files: list[Path], size: int, workers: int
+def _in_order(root: Path, names: list[str], size: int, workers: int
               ) -> Iterator[tuple[np.ndarray, bool, Depth] | str]:
     """``try_decode`` of every file, in file order, with at most a few hundred files in flight."""
     window = max(64, 32 * workers)
     with ThreadPoolExecutor(workers) as pool:
         pending: deque = deque()
-        queue = iter(files)
-        for path in queue:
-            pending.append(pool.submit(try_decode, path, size))
+        queue = iter(names)
+        for name in queue:
+            pending.append(pool.submit(try_decode, root / name, size))
             if len(pending) >= window:
                 break
         while pending:
             result = pending.popleft().result()
             following = next(queue, None)
             if following is not None:
-                pending.append(pool.submit(try_decode, following, size))
+                pending.append(pool.submit(try_decode, root / following, size))
             yield result
 
 
-def _decoder(root: Path, files: list[Path], labels: list[int], size: int, workers: int):
+def _decoder(root: Path, names: list[str], labels: list[int], size: int, workers: int):
     """The build function of a folder set: decodes every file and writes the readable ones."""
 
     def build(writer: RowWriter) -> dict:
@@ -83,8 +81,8 @@ def _decoder(root: Path, files: list[Path], labels: list[int], size: int, worker
         depths = DepthSummary()
         gray = True
         batch: list[np.ndarray] = []
-        for i, result in enumerate(_in_order(files, size, workers)):
-            rel = files[i].relative_to(root).as_posix()
+        for i, result in enumerate(_in_order(root, names, size, workers)):
+            rel = names[i]
             if isinstance(result, str):
                 skipped.append([rel, result])
             else:
@@ -105,7 +103,7 @@ def _decoder(root: Path, files: list[Path], labels: list[int], size: int, worker
     return build
 
 
-def _info_checker(root: Path, files: list[Path], labels: list[int]):
+def _info_checker(names: list[str], labels: list[int]):
     """Checks a cached set's info against the files scanned now (hostile-input rules)."""
 
     def check(info: Any, rows: int) -> None:
@@ -113,12 +111,11 @@ def _info_checker(root: Path, files: list[Path], labels: list[int]):
         if not (isinstance(kept, list) and isinstance(kept_labels, list)
                 and isinstance(skipped, list) and len(kept) == len(kept_labels) == rows):
             raise ValueError(f"file and label lists do not hold {rows} entries")
-        if len(kept) + len(skipped) != len(files) or not isinstance(info["gray"], bool):
+        if len(kept) + len(skipped) != len(names) or not isinstance(info["gray"], bool):
             raise ValueError("kept + skipped files do not match the folder")
         if rows == 0 and info["gray"] is not True:
             raise ValueError("an empty set must count as grayscale")
-        rels = [f.relative_to(root).as_posix() for f in files]
-        order = {rel: i for i, rel in enumerate(rels)}
+        order = {name: i for i, name in enumerate(names)}
         positions = [order.get(f, -1) if isinstance(f, str) else -1 for f in kept]
         steps = np.diff(np.asarray(positions, dtype=np.int64))
         if any(p < 0 for p in positions) or (steps <= 0).any():
@@ -142,28 +139,26 @@ def _from_info(root: Path, images: Any, info: dict, sums: PixelSums,
                      DepthSummary.from_json(info["depths"]), sums, spec, built)
 
 
-def decode_set(root: Path, files: list[Path], labels: list[int], size: int, role: str,
-               dataset: str, cache_dir: Path | None, workers: int = 0) -> FolderSet:
-    """Decode ``files`` (under ``root``, with ``labels``) to RGB ``size`` x ``size``: from the
-    cache in ``cache_dir`` (built when missing or stale), or into RAM when it is None."""
+def decode_set(root: Path, names: list[str], signatures: list[str], labels: list[int],
+               size: int, role: str, dataset: str, cache_dir: Path | None,
+               workers: int = 0) -> FolderSet:
+    """Decode the files ``names`` (relative to ``root``, with their ``size:mtime_ns``
+    ``signatures`` and ``labels``) to RGB ``size`` x ``size``: from the cache in ``cache_dir``
+    (built when missing or stale), or into RAM when it is None."""
     workers = workers or max(1, min(8, os.cpu_count() or 1))
-    build = _decoder(root, files, labels, size, workers)
+    build = _decoder(root, names, labels, size, workers)
     shape = (3, size, size)
     if cache_dir is None:
-        images, info, sums = build_in_memory(shape, len(files), f"decoding {dataset} {role}",
+        images, info, sums = build_in_memory(shape, len(names), f"decoding {dataset} {role}",
                                              build)
         return _from_info(root, images, info, sums, None, True)
-    resolved = root.resolve()
-    try:
-        records = [f"{f.relative_to(root).as_posix()}\t{label}\t{file_signature(f)}"
-                   for f, label in zip(files, labels, strict=True)]
-    except OSError as exc:
-        raise DataError(f"cannot read {exc.filename} ({exc.strerror}) while scanning {root}; "
-                        "the folder changed during the scan: run again") from None
-    key = fingerprint([f"decoder {DECODER_VERSION}", f"size {size}", str(resolved), *records])
-    spec = CacheSpec(f"{dataset}-{role}", ("folder", str(resolved), role, str(size)), key, shape,
-                     len(files))
-    entry = open_cached(cache_dir, spec, build, _info_checker(root, files, labels))
+    resolved = str(root.resolve())
+    key = fingerprint([f"decoder {DECODER_VERSION}", f"size {size}", resolved, *(
+        f"{name}\t{label}\t{signature}"
+        for name, label, signature in zip(names, labels, signatures, strict=True))])
+    spec = CacheSpec(f"{dataset}-{role}", ("folder", resolved, role, str(size)), key, shape,
+                     len(names))
+    entry = open_cached(cache_dir, spec, build, _info_checker(names, labels))
     return _from_info(root, entry.images, entry.info, entry.sums, spec, entry.built)
 
 
