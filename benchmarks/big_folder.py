@@ -5,7 +5,7 @@ throughput, and how fast a second run starts from the cache.
 
 1. ``generate``: a synthetic folder (once; reused when it is already there): 10 classes x 20
    labeled JPEGs and ``--unlabeled`` JPEGs of ``--size`` px in 200 subfolders (smooth random
-   colour fields, ~2 KB each).
+   colour fields, ~1.4 KB each).
 2. ``cold``: ``interlude train`` with an empty image cache: decodes every file into the cache
    (throughput from its log line), then trains ``--steps`` steps (small CNN, batch 8 + 7 x 8
    unlabeled, device augmentation on the CPU).

@@ -53,7 +53,6 @@ log = logging.getLogger("interlude")
 
 FORMAT = 1
 """Version of the entry layout; entries of another version are rebuilt."""
-_CHUNK = 1024
 
 
 # --------------------------------------------------------------------------- where
@@ -88,12 +87,18 @@ def file_signature(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- pixel sums
+def rows_per_chunk(row_bytes: int, budget: int = 32 << 20) -> int:
+    """Rows of ``row_bytes`` that fit a working buffer of ``budget`` bytes (at least one)."""
+    return max(1, budget // max(1, row_bytes))
+
+
 def to_luma(rgb: np.ndarray) -> np.ndarray:
     """(N, 3, H, W) -> (N, 1, H, W) with PIL's ITU-R 601-2 integer formula (exact for gray)."""
     out = np.empty((len(rgb), 1, *rgb.shape[2:]), dtype=np.uint8)
-    for start in range(0, len(rgb), _CHUNK):
-        c = np.asarray(rgb[start : start + _CHUNK]).astype(np.uint32)
-        out[start : start + _CHUNK, 0] = (
+    chunk = rows_per_chunk(4 * int(np.prod(rgb.shape[1:])))  # uint32 intermediate
+    for start in range(0, len(rgb), chunk):
+        c = np.asarray(rgb[start : start + chunk]).astype(np.uint32)
+        out[start : start + chunk, 0] = (
             c[:, 0] * 19595 + c[:, 1] * 38470 + c[:, 2] * 7471 + 0x8000
         ) >> 16
     return out

@@ -26,6 +26,7 @@ from interlude.data.cache import (
     build_in_memory,
     fingerprint,
     open_cached,
+    rows_per_chunk,
     to_luma,
 )
 from interlude.data.decode import DECODER_VERSION, Depth, DepthSummary, try_decode
@@ -170,10 +171,12 @@ def as_luma(decoded: FolderSet, cache_dir: Path | None) -> Any:
     rgb, spec = decoded.images, decoded.spec
     rows = len(rgb)
 
+    chunk = rows_per_chunk(int(np.prod(spec.shape)))
+
     def build(writer: RowWriter) -> dict:
-        for start in range(0, rows, 4096):
-            writer.write(to_luma(rgb[start : start + 4096]))
-            writer.progress(min(4096, rows - start))
+        for start in range(0, rows, chunk):
+            writer.write(to_luma(rgb[start : start + chunk]))
+            writer.progress(min(chunk, rows - start))
         return {"from": spec.key}
 
     def check(info: Any, count: int) -> None:

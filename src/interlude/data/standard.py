@@ -54,7 +54,7 @@ STL10_CLASSES = [
 ]
 STL10_SIZE = 96
 STL10_IMAGE_BYTES = 3 * STL10_SIZE * STL10_SIZE
-_CONVERT_ROWS = 1024  # images per chunk when converting a large split into the cache
+_CONVERT_ROWS = 256  # images per chunk when converting a large split into the cache
 
 FOLDERS = {  # where each official archive extracts to (SVHN ships bare .mat files)
     "cifar10": "cifar-10-batches-py",
