@@ -18,9 +18,9 @@ throughput, and how fast a second run starts from the cache.
 6. ``uncached`` (with ``--uncached``): the large run with ``data.cache=false`` (decoded into RAM),
    for contrast.
 
-Peak RSS is ``ru_maxrss`` of each training process (``os.wait4``), which counts resident pages
-the process maps; the cache is read with ``pread``, so its pages stay in the kernel's page cache
-and are not part of it. Prints a Markdown table.
+Peak RSS is each process's own ``VmHWM`` (``/proc/self/status``, printed at exit), which counts
+the resident pages the process maps; the cache is read with ``pread``, so its pages stay in the
+kernel's page cache and are not part of it. Prints a Markdown table. Linux only.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def generate(root: Path, unlabeled: int, size: int) -> None:
 def train_command(root: Path, pool: str, out: Path, steps: int, size: int,
                   *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "interlude", "train", "--overwrite",
+        sys.executable, "-c", CLI, "train", "--overwrite",
         "data.name=imagefolder", f"data.labeled_dir={root / 'labeled'}",
         f"data.unlabeled_dir={root / pool}", f"data.resolution={size}",
         "model.arch=small_cnn", "model.width=16", "train.batch_size=8", "train.mu=7",
@@ -89,20 +89,27 @@ def train_command(root: Path, pool: str, out: Path, steps: int, size: int,
     ]
 
 
+PEAK = ("import atexit\natexit.register(lambda: print('VMHWM', open('/proc/self/status').read()"
+        ".split('VmHWM:')[1].split()[0], flush=True))\n")
+"""Prints the process's own peak RSS at exit. ``ru_maxrss`` from ``wait4`` would not do: Linux
+carries the parent's peak over an exec, so a child could never report less than its parent."""
+CLI = PEAK + ("import runpy, sys\nsys.argv[0] = 'interlude'\n"
+              "runpy.run_module('interlude', run_name='__main__')\n")
+
+
 def measured(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, output) of one process."""
+    """(wall seconds, peak RSS in MiB, output) of one process (``PEAK`` in its code)."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    output = process.stdout.read() if process.stdout else ""
-    _, status, usage = os.wait4(process.pid, 0)
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
         raise SystemExit(f"failed: {' '.join(command)}\n{output[-3000:]}")
-    return wall, usage.ru_maxrss / 1024, output
+    peak = next(line for line in output.splitlines() if line.startswith("VMHWM"))
+    return wall, int(peak.split()[1]) / 1024, output
 
 
-LOAD = """
+LOAD = PEAK + """
 import sys, time
 started = time.perf_counter()
 from interlude.config import load_config
