@@ -23,6 +23,7 @@ from test_datasets_folder import make_folders
 from interlude.config import load_config
 from interlude.data import build_data, folder_sets, load_raw
 from interlude.data.ondisk import ConcatImages, DiskImages, is_disk_backed
+from interlude.errors import DataError
 from interlude.train import build_trainer, run
 
 
@@ -348,3 +349,13 @@ def test_training_gathers_rows_from_disk_never_the_whole_pool(tmp_path, monkeypa
     monkeypatch.setattr(DiskImages, "__array__", lambda *a, **k: pytest.fail("materialised"))
     trainer.batches.build(0)
     assert 0 < sum(rows) <= 4 * 2  # batch 4 x mu 2 unlabeled rows, nothing else
+
+
+def test_unusable_cache_folder_is_one_clear_error(tmp_path):
+    make_folders(tmp_path)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(DataError, match="cannot write the image cache in .*not-a-folder.*set "
+                                        "data.cache_dir to a writable folder, or data.cache=false"):
+        build_data(_cfg(tmp_path, f"data.cache_dir={blocker}"))
+    assert build_data(_cfg(tmp_path, f"data.cache_dir={blocker}", "data.cache=false"))
