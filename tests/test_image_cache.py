@@ -275,8 +275,9 @@ def _train_overrides(root: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.mark.parametrize("augment_on", ["device", "workers"])
 def test_cached_and_uncached_runs_see_identical_batches(tmp_path, augment_on):
+    """Device augmentation, and a DataLoader worker process reading the cache file."""
     make_folders(tmp_path, per_class=4)
-    extra = [f"train.augment_on={augment_on}", "train.num_workers=0"]
+    extra = [f"train.augment_on={augment_on}", "train.num_workers=1"]
     batches = {}
     for cache in ("true", "false"):
         cfg = load_config(None, _train_overrides(tmp_path, tmp_path / cache, *extra,

@@ -13,6 +13,7 @@ lazy range of rows, so nothing downstream has to materialise a disk-backed pool 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -139,12 +140,13 @@ class DiskImages:
         self.__init__(state["path"], state["shape"], state["offset"])  # type: ignore[misc]
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def __del__(self) -> None:
-        self.close()
+        with contextlib.suppress(Exception):  # at interpreter shutdown the fd goes anyway
+            self.close()
 
     def __repr__(self) -> str:
         return f"DiskImages({str(self.path)!r}, shape={self.shape})"
