@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def image_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Each test gets its own image cache folder (never the user's ~/.cache); subprocesses
+    started by a test inherit it through the environment."""
+    folder = tmp_path_factory.mktemp("image-cache")
+    monkeypatch.setenv("INTERLUDE_CACHE_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture

@@ -263,7 +263,7 @@ def test_bookkeeping_keys():
         "train.log_interval", "train.eval_interval", "train.checkpoint_interval",
         "train.eval_batch_size", "train.progress", "train.tensorboard", "train.num_workers",
         "train.device", "train.threads", "train.out_dir", "train.run_name", "data.data_dir",
-        "data.download",
+        "data.download", "data.cache", "data.cache_dir", "data.decode_workers",
     }
     assert expected == BOOKKEEPING_KEYS
     assert isinstance(BOOKKEEPING_KEYS, frozenset)

@@ -16,6 +16,7 @@ import pytest
 
 from interlude.config import load_config
 from interlude.data import build_data, load_raw
+from interlude.data.ondisk import is_disk_backed
 from interlude.errors import DataError
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer",
@@ -203,11 +204,14 @@ def write_stl10(root: Path, n_train: int = 20, n_test: int = 10, n_unlabeled: in
     return ref
 
 
-def test_stl10_layout_labels_and_memmapped_unlabeled(tmp_path):
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_stl10_layout_labels_and_unlabeled_on_disk(tmp_path, cache):
+    """The unlabeled split stays on disk: converted into the image cache, or memory-mapped."""
     ref = write_stl10(tmp_path)
-    cfg = _cfg("data.name=stl10", f"data.data_dir={tmp_path}", "data.labels_per_class=1")
+    cfg = _cfg("data.name=stl10", f"data.data_dir={tmp_path}", "data.labels_per_class=1",
+               f"data.cache={cache}")
     raw = load_raw(cfg)
-    assert isinstance(raw.extra_unlabeled.images, np.memmap)  # 100k images stay on disk
+    assert is_disk_backed(raw.extra_unlabeled.images)  # 100k images stay on disk
     assert np.array_equal(raw.train.images, ref["train"])  # catches a missing H/W transpose
     assert np.array_equal(raw.train.labels, ref["train_y"] - 1)  # 1..10 -> 0..9
     assert np.array_equal(raw.test.labels, ref["test_y"] - 1)

@@ -181,6 +181,17 @@ class DataConfig:
     """Weight the supervised CE by the normalised inverse labeled class frequency (TMED style)."""
     use_unlabeled_extra: bool = True
     """STL-10: include the 100k `unlabeled` split in the unlabeled pool."""
+    svhn_extra: bool = False
+    """SVHN: add the 531k `extra` images (`extra_32x32.mat`) to the unlabeled pool, as FixMatch/USB
+    do."""
+    cache: bool = setting(True, bookkeeping=True)
+    """Decode image folders, TMED-2, STL-10's unlabeled and SVHN's extra split once into an on-disk
+    uint8 cache read by row (RAM does not grow with the pool); false decodes into RAM every run."""
+    cache_dir: str | None = setting(None, bookkeeping=True)
+    """Folder of that cache; None = `$INTERLUDE_CACHE_DIR`, else `$XDG_CACHE_HOME/interlude`, else
+    `~/.cache/interlude`."""
+    decode_workers: int = setting(0, ge=0, bookkeeping=True)
+    """Threads decoding image files (0 = one per CPU core, at most 8)."""
 
 
 @dataclass

@@ -22,12 +22,12 @@ __all__ = [
 def build_data(cfg: DataConfig) -> SSLData:
     """Load the dataset named in ``cfg`` and draw its labeled split."""
     raw = load_raw(cfg)
+    if cfg.resolution is not None:  # before the open set: large splits already come resized
+        from interlude.data.transforms import resize_raw
+
+        raw = resize_raw(raw, cfg.resolution, cfg.interpolation or "bilinear")
     if cfg.labeled_classes is not None or cfg.outlier_ratio > 0:
         from interlude.data.openset import make_open_set
 
         raw = make_open_set(raw, cfg)
-    if cfg.resolution is not None:
-        from interlude.data.transforms import resize_raw
-
-        raw = resize_raw(raw, cfg.resolution, cfg.interpolation or "bilinear")
     return build_ssl_data(raw, cfg)

@@ -1,8 +1,11 @@
 """Containers shared by every dataset.
 
-Images are kept as ``uint8`` arrays in ``(N, C, H, W)`` layout (a ``np.memmap`` is fine for large
-sets such as STL-10's 100k unlabeled images). Augmentation and normalisation happen later, on
-tensors, so a dataset loader only has to read files.
+Images are kept as ``uint8`` arrays in ``(N, C, H, W)`` layout. Large sets (an image folder,
+STL-10's 100k unlabeled images, SVHN's extra split) stay on disk as a
+:class:`~interlude.data.ondisk.DiskImages` from the image cache, which reads only the rows asked
+for; code that handles a whole set must go by chunks of rows (``is_disk_backed`` tells).
+Augmentation and normalisation happen later, on tensors, so a dataset loader only has to read
+files.
 """
 
 from __future__ import annotations

@@ -7,17 +7,23 @@ Layout::
     val_dir/<class>/<image>          optional, same class names as labeled_dir
     test_dir/<class>/<image>         optional, same class names as labeled_dir
 
-Every image is decoded once, at load time, into a uint8 array: converted to RGB, then resized to a
-square of ``data.resolution`` pixels (default 32 for ``imagefolder``, 112 for ``tmed2``; the
-aspect ratio is not kept, nothing is cropped). Channels: ``data.grayscale`` forces 1 (True) or 3
-(False); by default images are stored with 1 channel when *every* file is grayscale, else 3.
-16-bit, 12-bit (TIFF) and float images are brought to 8 bits by a fixed rule of their mode, the
-same for every file (16-bit: v / 257; float: [0, 1] -> 0..255), never by an image's own maximum;
-one log line per dataset summarises the depths found (see "Bit depths" below).
+Every image is decoded once into uint8: converted to RGB, then resized to a square of
+``data.resolution`` pixels (default 32 for ``imagefolder``, 112 for ``tmed2``; the aspect ratio
+is not kept, nothing is cropped). With ``data.cache=true`` (default) each folder is decoded once
+into the on-disk image cache (:mod:`interlude.data.cache`) and later runs read it, rows on demand;
+a file added, removed or changed makes that folder decode again. Channels: ``data.grayscale``
+forces 1 (True) or 3 (False); by default images are stored with 1 channel when *every* file is
+grayscale, else 3. 16-bit, 12-bit (TIFF) and float images are brought to 8 bits by a fixed rule of
+their mode (:mod:`interlude.data.decode`); one log line per dataset summarises the depths found.
 
 Unreadable files are skipped with a warning and counted in the dataset notes, so one bad JPEG
-does not cost a run; an empty class folder or a class unknown to ``labeled_dir`` is an error,
-because it means the folders are not what the user thinks they are.
+does not cost a run (with the cache they are tried once, when the cache is built, and reported
+from its metadata afterwards); an empty class folder or a class unknown to ``labeled_dir`` is an
+error, because it means the folders are not what the user thinks they are.
+
+Normalisation statistics (imagefolder) are the exact per-channel mean and std over the labeled
+and unlabeled images, summed while decoding (cached with the images), never by reading a cached
+pool back.
 """
 
 from __future__ import annotations
@@ -25,17 +31,21 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from interlude.config import DataConfig
 from interlude.data.base import UNLABELED, ImageSet, RawDataset
+from interlude.data.cache import cache_root, to_luma
+from interlude.data.decode import DepthSummary, decode_image
+from interlude.data.folder_sets import FolderSet, as_luma, decode_set
 from interlude.data.registry import register_dataset
 from interlude.errors import DataError
+
+__all__ = ["DEFAULT_RESOLUTION", "IMAGE_SUFFIXES", "TMED2_CLASSES", "class_folders",
+           "decode_image", "image_files", "load_image_folders"]
 
 log = logging.getLogger("interlude")
 
@@ -43,34 +53,64 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 DEFAULT_RESOLUTION = 32
 TMED2_CLASSES = ["PLAX", "PSAX", "A4C", "A2C"]
 TMED2_RESOLUTION = 112
-_WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-_GRAY_MODES = frozenset({"1", "L", "LA"}) | _WIDE_MODES
-_CHUNK = 4096
+_MAX_12_BIT = 4095
+_to_luma = to_luma  # used by interlude.inputs
+
+# --------------------------------------------------------------------------- finding files
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
 
 
 @dataclass
-class _Decoded:
-    """Images of one folder as RGB ``(N, 3, S, S)``, whether each file was grayscale, the files
-    that could not be read (path, reason), and how each decoded file was brought to 8 bits."""
+class ImageFiles:
+    """The image files under ``root``: their paths relative to it ("/"-separated, in the order
+    sorted ``Path`` objects have) and each file's ``size:mtime_ns`` signature (what the image
+    cache's key is made of). Plain strings: a pool of 200k files costs megabytes, not the
+    hundreds a list of ``Path`` objects would."""
 
-    images: np.ndarray
-    labels: np.ndarray
-    gray: np.ndarray
-    skipped: list[tuple[Path, str]]
-    depths: list[_Depth] = field(default_factory=list)
+    root: Path
+    names: list[str]
+    signatures: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def paths(self) -> list[Path]:
+        return [self.root / name for name in self.names]
 
 
-# --------------------------------------------------------------------------- finding files
-def _hidden(path: Path, root: Path) -> bool:
-    return any(p.startswith(".") or p == "__MACOSX" for p in path.relative_to(root).parts)
+def scan_images(folder: Path) -> ImageFiles:
+    """Image files under ``folder`` at any depth (hidden files and folders, ``__MACOSX`` and
+    symlinked folders skipped; symlinked files kept), sorted so the pool order is reproducible.
+    One ``os.scandir`` walk and one ``stat`` per file."""
+    found: list[tuple[tuple[str, ...], str]] = []
+    stack: list[tuple[str, tuple[str, ...]]] = [(str(folder), ())]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            with os.scandir(directory) as entries:
+                listed = list(entries)
+        except OSError:
+            continue
+        for entry in listed:
+            if _hidden(entry.name):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, (*prefix, entry.name)))
+                elif (os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES
+                      and entry.is_file()):
+                    stat = entry.stat()
+                    found.append(((*prefix, entry.name), f"{stat.st_size}:{stat.st_mtime_ns}"))
+            except OSError:  # removed while scanning
+                continue
+    found.sort(key=lambda item: item[0])  # component-wise, as Path objects compare
+    return ImageFiles(folder, ["/".join(parts) for parts, _ in found], [s for _, s in found])
 
 
 def image_files(folder: Path) -> list[Path]:
     """Image files under ``folder`` at any depth, sorted so the pool order is reproducible."""
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not _hidden(p, folder)
-    )
+    return scan_images(folder).paths()
 
 
 def _require_dir(path: str | None, key: str, hint: str) -> Path:
@@ -82,15 +122,15 @@ def _require_dir(path: str | None, key: str, hint: str) -> Path:
     return folder
 
 
-def class_folders(root: Path, key: str) -> dict[str, list[Path]]:
+def class_folders(root: Path, key: str) -> dict[str, ImageFiles]:
     """``{class name: image files}`` for each subfolder of ``root``."""
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not _hidden(d, root))
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not _hidden(d.name))
     if not subdirs:
         raise DataError(
             f"{key}={root} has no subfolders: put each class's images in their own folder, "
             f"e.g. {root}/cat/img1.png and {root}/dog/img2.jpg"
         )
-    files = {d.name: image_files(d) for d in subdirs}
+    files = {d.name: scan_images(d) for d in subdirs}
     empty = [name for name, found in files.items() if not found]
     if empty:
         raise DataError(
@@ -108,7 +148,7 @@ def _warn_loose_images(root: Path, notes: list[str]) -> None:
                              "images must be inside a class subfolder")
 
 
-def _class_order(found: dict[str, list[Path]], fixed: list[str] | None, root: Path) -> list[str]:
+def _class_order(found: dict[str, ImageFiles], fixed: list[str] | None, root: Path) -> list[str]:
     if fixed is None:
         return sorted(found)
     missing = [c for c in fixed if c not in found]
@@ -121,7 +161,7 @@ def _class_order(found: dict[str, list[Path]], fixed: list[str] | None, root: Pa
     return list(fixed)
 
 
-def _check_known_classes(found: dict[str, list[Path]], classes: list[str], key: str,
+def _check_known_classes(found: dict[str, ImageFiles], classes: list[str], key: str,
                          root: Path, labeled_dir: Path) -> None:
     unknown = sorted(set(found) - set(classes))
     if unknown:
@@ -132,224 +172,55 @@ def _check_known_classes(found: dict[str, list[Path]], classes: list[str], key: 
         )
 
 
-# --------------------------------------------------------------------------- decoding
-# Bit depths. Every file is brought to 8 bits by a fixed rule of its *mode* (and, for TIFF, its
-# declared BitsPerSample), never by its own maximum, so equal values mean the same in every file:
-#
-# - 8-bit modes (1, L, LA, P, PA, RGB, RGBA, CMYK, ...): as they are (PIL's convert("RGB")).
-#   Pillow itself reads 16-bit-per-channel colour PNGs as 8-bit RGB (it keeps the high byte).
-# - 16-bit integer gray ("I;16", "I;16B", "I;16L", "I;16N"): v * 255 / 65535 (v / 257).
-#   A TIFF that declares fewer bits is scaled by its own range: Pillow opens 12-bit TIFFs as
-#   "I;16" holding 0..4095, which become v * 255 / 4095. Other files carry no such declaration
-#   (PIL does not read PNG's sBIT), so 12-bit data saved in a 16-bit PNG is scaled by 65535 and
-#   looks dark; the load summary warns when no 16-bit image of a dataset exceeds 4095.
-# - "I" (32-bit int; Pillow uses it for signed 16-bit TIFFs, some 16-bit PNGs in older versions,
-#   and 32-bit TIFFs): taken as 16-bit data, v * 255 / 65535; values outside 0..65535 clip.
-# - "F" (float): taken as [0, 1], v * 255; values outside clip, NaN -> 0. 0.5 -> 128.
-# Scaled values round half up (floor(x + 0.5)) and clip to 0..255. Clipping is counted and
-# reported once per dataset with the summary of the depths found (see _report_depths).
-_MAX_12_BIT = 4095
-
-
-@dataclass(frozen=True)
-class _Depth:
-    """How one file's values were brought to 8 bits: ``kind`` (a summary line, e.g. "8-bit RGB"
-    or "16-bit gray [I;16] (x 1/257)"), whether values fell outside the range and were clipped,
-    and for integer gray files the significant bits and the largest value (reported only)."""
-
-    kind: str
-    clipped: bool = False
-    bits: int = 8
-    peak: float = 0.0
-
-
-_EIGHT_BIT_NAMES = {"1": "1-bit", "L": "8-bit gray", "LA": "8-bit gray+alpha", "P": "8-bit palette",
-                    "PA": "8-bit palette+alpha"}
-
-
-def _declared_bits(img: Image.Image) -> int:
-    """Significant bits of a 16-bit-or-wider integer gray image: a TIFF's BitsPerSample when it
-    declares 1..15 (e.g. 12), else 16. Read before any transform (a copy has no TIFF tags)."""
-    tags = getattr(img, "tag_v2", None)
-    if img.format == "TIFF" and tags is not None:
-        declared = tags.get(258)  # BitsPerSample
-        first = declared[0] if isinstance(declared, tuple) and declared else declared
-        if isinstance(first, int) and 1 <= first < 16:
-            return first
-    return 16
-
-
-def _ratio(top: int) -> str:
-    return f"1/{top // 255}" if top % 255 == 0 else f"255/{top}"
-
-
-def _wide_to_gray8(img: Image.Image, bits: int) -> tuple[Image.Image, _Depth]:
-    """A 16-bit/12-bit/32-bit-int/float gray image as 8-bit "L" by the fixed rule above."""
-    values = np.asarray(img, dtype=np.float64)
-    if img.mode == "F":
-        bits, top, kind = 0, 1.0, "float gray [F] (0..1 x 255)"
-    else:
-        bits = 16 if img.mode == "I" else bits  # "I" is taken as 16-bit data whatever it declares
-        full = 2**bits - 1
-        top, kind = float(full), f"{bits}-bit gray [{img.mode}] (x {_ratio(full)})"
-    finite = np.nan_to_num(values, nan=0.0, posinf=top, neginf=0.0)
-    clipped = bool(values.size) and bool(
-        (~np.isfinite(values)).any() or finite.min() < 0 or finite.max() > top
-    )
-    peak = float(finite.max()) if values.size else 0.0
-    scaled = np.floor(np.clip(finite, 0.0, top) * (255.0 / top) + 0.5)
-    gray8 = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
-    return gray8, _Depth(kind, clipped, bits, peak)
-
-
-def _to_rgb(img: Image.Image, bits: int = 16) -> tuple[Image.Image, _Depth]:
-    """RGB copy of any PIL image and how its values were scaled (16-bit/12-bit/float gray by a
-    fixed rule of its mode: see the notes above; ``bits`` from :func:`_declared_bits`)."""
-    if img.mode in _WIDE_MODES:
-        img, depth = _wide_to_gray8(img, bits)
-        return img.convert("RGB"), depth
-    depth = _Depth(_EIGHT_BIT_NAMES.get(img.mode, f"8-bit {img.mode}"))
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # avoids PIL's palette-transparency warning
-    return img.convert("RGB"), depth
-
-
-_RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
-"""PIL filters of ``data.interpolation``, the same names as the tensor resize's modes."""
-
-
-def _decode(path: Path, size: int | tuple[int, int],
-            interpolation: str = "bilinear") -> tuple[np.ndarray, bool, _Depth]:
-    height, width = (size, size) if isinstance(size, int) else size
-    with Image.open(path) as img:
-        bits = _declared_bits(img)
-        img = ImageOps.exif_transpose(img)  # phone photos: apply the stored rotation
-        gray_mode = img.mode in _GRAY_MODES
-        rgb, depth = _to_rgb(img, bits)
-    if rgb.size != (width, height):
-        rgb = rgb.resize((width, height), _RESAMPLING[interpolation])
-    array = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
-    gray = gray_mode or bool((array[0] == array[1]).all() and (array[1] == array[2]).all())
-    return array, gray, depth
-
-
-def decode_image(path: Path, size: int | tuple[int, int],
-                 interpolation: str = "bilinear") -> tuple[np.ndarray, bool]:
-    """One file as RGB uint8 ``(3, H, W)`` (``size`` = side, or (height, width)) and whether it is
-    grayscale (by mode or by identical channels, e.g. an X-ray saved as RGB). Raises
-    OSError/ValueError if unreadable.
-
-    16-bit, 12-bit (TIFF) and float images are scaled to 8 bits by their mode's bit depth, the
-    same for every file, never by the image's own maximum: 16-bit ``v / 257``, 12-bit TIFF
-    ``v * 255 / 4095``, float ``[0, 1] -> 0..255`` (clipped), rounding half up."""
-    array, gray, _ = _decode(path, size, interpolation)
-    return array, gray
-
-
-def _try_decode(path: Path, size: int, interpolation: str) -> tuple[np.ndarray, bool, _Depth] | str:
-    try:
-        return _decode(path, size, interpolation)
-    except Exception as exc:  # PIL fails on damaged files in many ways: skip them all
-        return f"{type(exc).__name__}: {exc}"
-
-
-def _decode_files(files: list[Path], labels: list[int], size: int,
-                  interpolation: str = "bilinear") -> _Decoded:
-    """Decode in threads (PIL releases the GIL), keeping file order."""
-    images = np.empty((len(files), 3, size, size), dtype=np.uint8)
-    gray = np.zeros(len(files), dtype=bool)
-    ok = np.zeros(len(files), dtype=bool)
-    skipped: list[tuple[Path, str]] = []
-    depths: list[_Depth] = []
-    workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        for i, result in enumerate(pool.map(lambda p: _try_decode(p, size, interpolation), files)):
-            if isinstance(result, str):
-                skipped.append((files[i], result))
-            else:
-                images[i], gray[i], ok[i] = result[0], result[1], True
-                depths.append(result[2])
-    keep = np.flatnonzero(ok)
-    return _Decoded(images[keep], np.asarray(labels, dtype=np.int64)[keep], gray[keep], skipped,
-                    depths)
-
-
-def _decode_classes(files: dict[str, list[Path]], classes: list[str], size: int,
-                    interpolation: str = "bilinear") -> _Decoded:
-    paths = [p for c in classes for p in files.get(c, [])]
-    labels = [i for i, c in enumerate(classes) for _ in files.get(c, [])]
-    return _decode_files(paths, labels, size, interpolation)
-
-
-def _to_luma(rgb: np.ndarray) -> np.ndarray:
-    """(N, 3, H, W) -> (N, 1, H, W) with PIL's ITU-R 601-2 integer formula (exact for gray)."""
-    out = np.empty((len(rgb), 1, *rgb.shape[2:]), dtype=np.uint8)
-    for start in range(0, len(rgb), _CHUNK):
-        c = rgb[start : start + _CHUNK].astype(np.uint32)
-        out[start : start + _CHUNK, 0] = (
-            c[:, 0] * 19595 + c[:, 1] * 38470 + c[:, 2] * 7471 + 0x8000
-        ) >> 16
-    return out
-
-
-def _channel_stats(sets: list[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std in [0, 1] units, accumulated in chunks to bound memory."""
-    channels = sets[0].shape[1]
-    total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
-    for images in sets:
-        for start in range(0, len(images), _CHUNK):
-            chunk = images[start : start + _CHUNK].astype(np.float64) / 255.0
-            total += chunk.sum(axis=(0, 2, 3))
-            total_sq += (chunk**2).sum(axis=(0, 2, 3))
-            count += chunk[:, 0].size
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
-
-
 # --------------------------------------------------------------------------- bookkeeping
 def _note_warning(notes: list[str], message: str) -> None:
     log.warning(message)
     notes.append(message)
 
 
-def _report_skipped(decoded: _Decoded, root: Path, notes: list[str]) -> None:
+def _report_skipped(decoded: FolderSet, notes: list[str]) -> None:
+    """Unreadable files: a warning when they were just tried, an info line when the cache
+    remembered them (they are not tried again until the folder changes)."""
     if not decoded.skipped:
         return
-    examples = "; ".join(f"{p.relative_to(root)} ({why})" for p, why in decoded.skipped[:3])
-    _note_warning(notes, f"skipped {len(decoded.skipped)} unreadable image(s) in {root}: "
-                         f"{examples}")
+    examples = "; ".join(f"{path} ({why})" for path, why in decoded.skipped[:3])
+    message = f"skipped {len(decoded.skipped)} unreadable image(s) in {decoded.root}: {examples}"
+    notes.append(message)
+    if decoded.built:
+        log.warning(message)
+    else:
+        log.info("%s (found when the image cache was built)", message)
 
 
-def _report_depths(decoded: list[_Decoded], notes: list[str]) -> None:
+def _report_depths(decoded: list[FolderSet], notes: list[str]) -> None:
     """One summary per dataset of the bit depths found and how they were scaled (logged; also a
     dataset note when anything was not 8-bit), plus warnings for clipped values and for 16-bit
     files that look like 12-bit data."""
-    depths = [d for one in decoded for d in one.depths]
-    if not depths:
+    depths = DepthSummary()
+    for one in decoded:
+        depths = depths + one.depths
+    if not depths.count:
         return
-    counts = Counter(d.kind for d in depths)
-    summary = f"decoded {len(depths)} images: " + ", ".join(
-        f"{n} {kind}" for kind, n in counts.most_common()
+    summary = f"decoded {depths.count} images: " + ", ".join(
+        f"{n} {kind}" for kind, n in Counter(depths.kinds).most_common()
     )
     log.info(summary)
-    if any(d.bits != 8 for d in depths):
+    if depths.wide:
         notes.append(summary)
-    clipped = Counter(d.kind for d in depths if d.clipped)
-    if clipped:
+    if depths.clipped:
         _note_warning(notes, "values outside the decoding range were clipped in "
-                             + ", ".join(f"{n} {kind}" for kind, n in clipped.most_common())
+                             + ", ".join(f"{n} {kind}" for kind, n in
+                                         Counter(depths.clipped).most_common())
                              + " image(s): 16-bit and 'I' files are read as 0..65535, float "
                              "files as 0..1; rescale such files to that range first")
-    sixteen = [d.peak for d in depths if d.bits == 16]
-    if sixteen and max(sixteen) <= _MAX_12_BIT:
+    if depths.peak16 is not None and depths.peak16 <= _MAX_12_BIT:
         _note_warning(notes, f"no 16-bit image exceeds {_MAX_12_BIT}: if these are 12-bit data "
                              "saved in 16 bits they are scaled by 65535 like any 16-bit file "
                              "and decode dark (at most 16 of 255); save them as 12-bit TIFF or "
                              "stretch them to the 16-bit range")
 
 
-def _check_every_class_readable(decoded: _Decoded, classes: list[str], root: Path) -> None:
+def _check_every_class_readable(decoded: FolderSet, classes: list[str], root: Path) -> None:
     counts = np.bincount(decoded.labels, minlength=len(classes))
     dead = [classes[c] for c in np.flatnonzero(counts == 0)]
     if dead:
@@ -362,9 +233,9 @@ class _Layout:
     """The files of every folder, checked for consistency before anything is decoded."""
 
     classes: list[str]
-    labeled: tuple[Path, dict[str, list[Path]]]
-    unlabeled: tuple[Path, list[Path]]
-    labeled_extras: dict[str, tuple[Path, dict[str, list[Path]]]]  # "val" / "test"
+    labeled: tuple[Path, dict[str, ImageFiles]]
+    unlabeled: ImageFiles
+    labeled_extras: dict[str, tuple[Path, dict[str, ImageFiles]]]  # "val" / "test"
 
 
 def _scan(cfg: DataConfig, fixed_classes: list[str] | None, notes: list[str]) -> _Layout:
@@ -379,7 +250,7 @@ def _scan(cfg: DataConfig, fixed_classes: list[str] | None, notes: list[str]) ->
     if len(classes) < 2:
         raise DataError(f"data.labeled_dir={labeled_dir} has only the class folder {classes[0]}; "
                         "a classifier needs at least 2 classes")
-    extras: dict[str, tuple[Path, dict[str, list[Path]]]] = {}
+    extras: dict[str, tuple[Path, dict[str, ImageFiles]]] = {}
     for key, path in (("val", cfg.val_dir), ("test", cfg.test_dir)):
         if path:
             root = _require_dir(path, f"data.{key}_dir", "")
@@ -387,30 +258,46 @@ def _scan(cfg: DataConfig, fixed_classes: list[str] | None, notes: list[str]) ->
             _warn_loose_images(root, notes)
             _check_known_classes(found, classes, f"data.{key}_dir", root, labeled_dir)
             extras[key] = (root, found)
-    unlabeled = image_files(unlabeled_dir)
+    unlabeled = scan_images(unlabeled_dir)
     if not unlabeled:
         raise DataError(f"data.unlabeled_dir={unlabeled_dir} holds no images "
                         f"({'/'.join(sorted(IMAGE_SUFFIXES))})")
-    return _Layout(classes, (labeled_dir, labeled), (unlabeled_dir, unlabeled), extras)
+    return _Layout(classes, (labeled_dir, labeled), unlabeled, extras)
 
 
-def _decode_layout(layout: _Layout, size: int, notes: list[str],
-                   interpolation: str = "bilinear") -> dict[str, _Decoded]:
-    """Decode every folder: ``train`` (labeled), ``unlabeled`` and optional ``val``/``test``."""
+def _classes_set(root: Path, found: dict[str, ImageFiles], classes: list[str]) -> tuple[
+        ImageFiles, list[int]]:
+    """The files of every class folder as one set under ``root``, in class order, and labels."""
+    present = [(i, found[c]) for i, c in enumerate(classes) if c in found]  # val/test: some
+    names = [f"{files.root.name}/{n}" for _, files in present for n in files.names]
+    signatures = [s for _, files in present for s in files.signatures]
+    labels = [i for i, files in present for _ in files.names]
+    return ImageFiles(root, names, signatures), labels
+
+
+def _decode_layout(layout: _Layout, size: int, name: str, cfg: DataConfig,
+                   notes: list[str]) -> dict[str, FolderSet]:
+    """Decode (or read from the cache) every folder: ``train`` (labeled), ``unlabeled`` and
+    optional ``val``/``test``."""
+    cache = cache_root(cfg.cache, cfg.cache_dir)
+
+    def decode(role: str, files: ImageFiles, labels: list[int]) -> FolderSet:
+        return decode_set(files.root, files.names, files.signatures, labels, size, role, name,
+                          cache, cfg.decode_workers, cfg.interpolation or "bilinear")
+
     labeled_dir, labeled_files = layout.labeled
-    decoded = {"train": _decode_classes(labeled_files, layout.classes, size, interpolation)}
-    _report_skipped(decoded["train"], labeled_dir, notes)
+    decoded = {"train": decode("labeled", *_classes_set(labeled_dir, labeled_files,
+                                                         layout.classes))}
+    _report_skipped(decoded["train"], notes)
     _check_every_class_readable(decoded["train"], layout.classes, labeled_dir)
-    unlabeled_dir, unlabeled_files = layout.unlabeled
-    decoded["unlabeled"] = _decode_files(
-        unlabeled_files, [UNLABELED] * len(unlabeled_files), size, interpolation
-    )
-    _report_skipped(decoded["unlabeled"], unlabeled_dir, notes)
+    unlabeled = layout.unlabeled
+    decoded["unlabeled"] = decode("unlabeled", unlabeled, [UNLABELED] * len(unlabeled))
+    _report_skipped(decoded["unlabeled"], notes)
     if len(decoded["unlabeled"].images) == 0:
-        raise DataError(f"no readable image in data.unlabeled_dir={unlabeled_dir}")
+        raise DataError(f"no readable image in data.unlabeled_dir={unlabeled.root}")
     for key, (root, found) in layout.labeled_extras.items():
-        decoded[key] = _decode_classes(found, layout.classes, size, interpolation)
-        _report_skipped(decoded[key], root, notes)
+        decoded[key] = decode(key, *_classes_set(root, found, layout.classes))
+        _report_skipped(decoded[key], notes)
     _report_depths(list(decoded.values()), notes)
     return decoded
 
@@ -428,15 +315,16 @@ def load_image_folders(
     size = cfg.resolution or default_resolution
     notes: list[str] = [f"{name}: images resized to {size}x{size}"]
     layout = _scan(cfg, classes, notes)
-    decoded = _decode_layout(layout, size, notes, cfg.interpolation or "bilinear")
+    decoded = _decode_layout(layout, size, name, cfg, notes)
     grayscale = _choose_grayscale(cfg.grayscale, default_grayscale, list(decoded.values()))
+    cache = cache_root(cfg.cache, cfg.cache_dir)
     sets = {
-        key: ImageSet(_to_luma(d.images) if grayscale else d.images, d.labels)
+        key: ImageSet(as_luma(d, cache) if grayscale else d.images, d.labels)
         for key, d in decoded.items()
     }
     channels = 1 if grayscale else 3
-    if normalise:
-        mean, std = _channel_stats([sets["train"].images, sets["unlabeled"].images])
+    if normalise:  # exact sums kept while decoding: a cached pool is not read back for them
+        mean, std = (decoded["train"].sums + decoded["unlabeled"].sums).mean_std(luma=grayscale)
     else:
         mean, std = (0.0,) * channels, (1.0,) * channels
     return RawDataset(
@@ -454,12 +342,13 @@ def load_image_folders(
     )
 
 
-def _choose_grayscale(forced: bool | None, default: bool | None, decoded: list[_Decoded]) -> bool:
+def _choose_grayscale(forced: bool | None, default: bool | None,
+                      decoded: list[FolderSet]) -> bool:
     if forced is not None:
         return forced
     if default is not None:
         return default
-    return all(bool(d.gray.all()) for d in decoded)
+    return all(d.gray for d in decoded)
 
 
 @register_dataset("imagefolder")

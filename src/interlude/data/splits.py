@@ -15,7 +15,13 @@ import numpy as np
 
 from interlude.config import DataConfig
 from interlude.data.base import UNLABELED, ImageSet, RawDataset, SSLData
+from interlude.data.ondisk import ConcatImages, is_disk_backed
 from interlude.errors import DataError
+
+__all__ = ["ConcatImages", "build_ssl_data", "concat_sets", "draw_split", "load_split_file",
+           "pool_fingerprint"]
+
+_FINGERPRINT_ROWS = 4096
 
 
 def draw_split(
@@ -71,7 +77,8 @@ def pool_fingerprint(pool: ImageSet) -> str:
     digest = hashlib.blake2b(digest_size=12)
     digest.update(repr(tuple(pool.images.shape)).encode())
     digest.update(np.ascontiguousarray(pool.labels).tobytes())
-    digest.update(np.ascontiguousarray(pool.images).tobytes())
+    for start in range(0, len(pool), _FINGERPRINT_ROWS):  # by chunks: a pool may be on disk
+        digest.update(np.ascontiguousarray(pool.images[start : start + _FINGERPRINT_ROWS]).tobytes())
     return digest.hexdigest()
 
 
@@ -211,7 +218,8 @@ def normalisation(raw: RawDataset, cfg: DataConfig) -> tuple[tuple[float, ...], 
 
 
 def concat_sets(a: ImageSet, b: ImageSet) -> ImageSet:
-    """Stack two image sets; memory-mapped parts (STL-10's 100k unlabeled) stay on disk."""
+    """Stack two image sets; disk-backed parts (an image cache, STL-10's 100k unlabeled) stay on
+    disk."""
     if len(a) == 0:
         return b
     if len(b) == 0:
@@ -220,55 +228,10 @@ def concat_sets(a: ImageSet, b: ImageSet) -> ImageSet:
         raise DataError(f"unlabeled images of shape {b.shape} do not match {a.shape}")
     labels = np.concatenate([a.labels, b.labels])
     parts = [*_parts(a.images), *_parts(b.images)]
-    if any(isinstance(p, np.memmap) for p in parts):
+    if any(is_disk_backed(p) for p in parts):
         return ImageSet(ConcatImages(parts), labels)  # type: ignore[arg-type]
     return ImageSet(np.concatenate(parts), labels)
 
 
 def _parts(images: np.ndarray) -> list[np.ndarray]:
     return list(images.parts) if isinstance(images, ConcatImages) else [images]
-
-
-class ConcatImages:
-    """Read-only row-wise concatenation of uint8 ``(N, C, H, W)`` arrays, without copying them.
-
-    ``np.concatenate`` would read a memory-mapped part (2.8 GB for STL-10's unlabeled split) into
-    RAM; this gathers only the rows asked for. It supports what the data pipeline uses: ``len``,
-    ``shape``/``dtype``/``ndim``/``nbytes``, and indexing rows by int, slice or index array.
-    """
-
-    def __init__(self, parts: list[np.ndarray]) -> None:
-        self.parts = parts
-        self.offsets = np.cumsum([0, *(len(p) for p in parts)])
-        self.shape: tuple[int, ...] = (int(self.offsets[-1]), *parts[0].shape[1:])
-        self.dtype = parts[0].dtype
-        self.ndim = len(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-
-    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
-        if not isinstance(key, slice) and np.ndim(key) == 0:  # int, numpy or torch scalar
-            return self[np.array([int(key)])][0]
-        if isinstance(key, slice):
-            key = np.arange(*key.indices(len(self)))
-        index = np.asarray(key)
-        if index.dtype == bool:
-            index = np.flatnonzero(index)
-        index = np.where(index < 0, index + len(self), index).astype(np.int64)
-        if index.size and (index.min() < 0 or index.max() >= len(self)):
-            raise IndexError(f"index out of range for {len(self)} images")
-        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
-        which = np.searchsorted(self.offsets, index, side="right") - 1
-        for part in np.unique(which):
-            rows = which == part
-            out[rows] = self.parts[part][index[rows] - self.offsets[part]]
-        return out
-
-    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
-        array = np.concatenate(self.parts)
-        return array if dtype is None else array.astype(dtype)

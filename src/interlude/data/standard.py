@@ -25,7 +25,18 @@ import numpy as np
 
 from interlude.config import DataConfig
 from interlude.data.base import ImageSet, RawDataset
+from interlude.data.cache import (
+    CacheSpec,
+    RowWriter,
+    build_in_memory,
+    cache_root,
+    file_signature,
+    fingerprint,
+    open_cached,
+)
+from interlude.data.matfile import MatFormatError, open_uint8
 from interlude.data.registry import register_dataset
+from interlude.data.transforms import resize_images
 from interlude.errors import DataError
 
 
@@ -43,6 +54,7 @@ STL10_CLASSES = [
 ]
 STL10_SIZE = 96
 STL10_IMAGE_BYTES = 3 * STL10_SIZE * STL10_SIZE
+_CONVERT_ROWS = 256  # images per chunk when converting a large split into the cache
 
 FOLDERS = {  # where each official archive extracts to (SVHN ships bare .mat files)
     "cifar10": "cifar-10-batches-py",
@@ -58,7 +70,7 @@ MANUAL = {
     "stl10": "download http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz and extract it "
              "into {data_dir}",
     "svhn": "download http://ufldl.stanford.edu/housenumbers/train_32x32.mat and test_32x32.mat "
-            "into {data_dir}",
+            "(and extra_32x32.mat for data.svhn_extra=true) into {data_dir}",
 }
 
 
@@ -74,7 +86,7 @@ def _locate(cfg: DataConfig, dataset: str, files: list[str]) -> Path:
     if found is not None:
         return found
     if cfg.download:
-        _download(dataset, _download_root(data_dir, dataset))
+        _download(dataset, _download_root(data_dir, dataset), extra=cfg.svhn_extra)
         found = _find(data_dir, dataset, files)
         if found is not None:
             return found
@@ -120,8 +132,9 @@ def _download_root(data_dir: Path, dataset: str) -> Path:
     return data_dir
 
 
-def _download(dataset: str, root: Path) -> None:
-    """Fetch the official files with torchvision; we read them with our own readers afterwards."""
+def _download(dataset: str, root: Path, extra: bool = False) -> None:
+    """Fetch the official files with torchvision; we read them with our own readers afterwards
+    (``extra``: SVHN's extra split too)."""
     try:
         datasets = importlib.import_module("torchvision.datasets")
     except ImportError:
@@ -135,7 +148,8 @@ def _download(dataset: str, root: Path) -> None:
         "cifar10": [("CIFAR10", {"train": True})],
         "cifar100": [("CIFAR100", {"train": True})],
         "stl10": [("STL10", {"split": "test"})],
-        "svhn": [("SVHN", {"split": "train"}), ("SVHN", {"split": "test"})],
+        "svhn": [("SVHN", {"split": "train"}), ("SVHN", {"split": "test"})]
+        + ([("SVHN", {"split": "extra"})] if extra else []),
     }
     for cls_name, kwargs in calls[dataset]:
         try:
@@ -314,11 +328,44 @@ def _stl_class_names(root: Path) -> list[str]:
     return names
 
 
+def _stl_unlabeled(path: Path, cfg: DataConfig) -> Any:
+    """The 100k unlabeled images, on disk: converted once into the image cache (row-major, at
+    ``data.resolution``), or with ``data.cache=false`` memory-mapped from the official file."""
+    cache = cache_root(cfg.cache, cfg.cache_dir)
+    if cache is None:
+        return _stl_images(path, in_memory=False)
+    count = _stl_count(path)
+    size = cfg.resolution or STL10_SIZE
+    source = str(path.resolve())
+    spec = CacheSpec("stl10-unlabeled", ("stl10-unlabeled", source, str(size)),
+                     fingerprint(["stl10 unlabeled 1", source, file_signature(path), str(size)]),
+                     (3, size, size), count)
+
+    def build(writer: RowWriter) -> dict:
+        with path.open("rb") as handle:  # read by chunks: a memory map would count in RSS
+            for start in range(0, count, _CONVERT_ROWS):
+                rows = min(_CONVERT_ROWS, count - start)
+                stored = np.frombuffer(handle.read(rows * STL10_IMAGE_BYTES), dtype=np.uint8)
+                if stored.size != rows * STL10_IMAGE_BYTES:
+                    raise DataError(f"{path} shrank while it was read; extract it again")
+                images = stored.reshape(rows, 3, STL10_SIZE, STL10_SIZE).transpose(0, 1, 3, 2)
+                writer.write(resize_images(images, size))
+                writer.progress(rows)
+        return {"source": source}
+
+    def check(info: Any, rows: int) -> None:
+        if info.get("source") != source or rows != count:
+            raise ValueError("not a conversion of this file")
+
+    return open_cached(cache, spec, build, check).images
+
+
 @register_dataset("stl10")
 def load_stl10(cfg: DataConfig) -> RawDataset:
     """STL-10 binary version: 5k labeled train, 8k test and (optionally) 100k unlabeled, 96x96.
 
-    The unlabeled split (2.8 GB) is memory-mapped, never read into RAM as a whole.
+    The unlabeled split (2.8 GB) stays on disk (the image cache, or a memory map), never read
+    into RAM as a whole.
     """
     files = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"]
     if cfg.use_unlabeled_extra:
@@ -326,7 +373,7 @@ def load_stl10(cfg: DataConfig) -> RawDataset:
     root = _locate(cfg, "stl10", files)
     extra = None
     if cfg.use_unlabeled_extra:
-        unlabeled = _stl_images(root / "unlabeled_X.bin", in_memory=False)
+        unlabeled = _stl_unlabeled(root / "unlabeled_X.bin", cfg)
         extra = ImageSet(unlabeled, np.full(len(unlabeled), -1, dtype=np.int64))
     return RawDataset(
         name="stl10",
@@ -375,14 +422,78 @@ def _svhn_split(path: Path) -> ImageSet:
     return ImageSet(images, y.astype(np.int64) % 10)
 
 
+def _svhn_unreadable(path: Path, exc: Exception) -> DataError:
+    return DataError(
+        f"{path} is not a readable SVHN .mat file ({type(exc).__name__}: {exc}); the file is "
+        "truncated or corrupt: download it again"
+    )
+
+
+def _svhn_count(path: Path) -> int:
+    """Images in an SVHN ``.mat`` file, from the header of its ``X`` array (nothing else read)."""
+    try:
+        with open_uint8(path, "X") as x:
+            dims = x.dims
+    except (MatFormatError, OSError) as exc:
+        raise _svhn_unreadable(path, exc) from None
+    if len(dims) != 4 or dims[:3] != (32, 32, 3):
+        raise DataError(f"{path}: 'X' must be uint8 (32, 32, 3, N), got dimensions {dims}")
+    return dims[3]
+
+
+def _svhn_extra(path: Path, cfg: DataConfig) -> Any:
+    """SVHN's 531k ``extra`` images (1.3 GB compressed), streamed from the ``.mat`` file into the
+    image cache once (or into RAM with ``data.cache=false``), at ``data.resolution``."""
+    count = _svhn_count(path)
+    size = cfg.resolution or 32
+    per_image = 32 * 32 * 3
+
+    def build(writer: RowWriter) -> dict:
+        try:
+            with open_uint8(path, "X") as x:
+                for start in range(0, count, _CONVERT_ROWS):
+                    rows = min(_CONVERT_ROWS, count - start)
+                    stored = np.frombuffer(x.read(rows * per_image), dtype=np.uint8)
+                    # column-major (H, W, C) per image: as (C, W, H) row-major, then swap W/H
+                    images = stored.reshape(rows, 3, 32, 32).transpose(0, 1, 3, 2)
+                    writer.write(resize_images(images, size))
+                    writer.progress(rows)
+        except (MatFormatError, OSError) as exc:
+            raise _svhn_unreadable(path, exc) from None
+        return {"source": source}
+
+    source = str(path.resolve())
+    cache = cache_root(cfg.cache, cfg.cache_dir)
+    if cache is None:
+        return build_in_memory((3, size, size), count, "reading svhn extra", build)[0]
+
+    def check(info: Any, rows: int) -> None:
+        if info.get("source") != source or rows != count:
+            raise ValueError("not a conversion of this file")
+
+    spec = CacheSpec("svhn-extra", ("svhn-extra", source, str(size)),
+                     fingerprint(["svhn extra 1", source, file_signature(path), str(size)]),
+                     (3, size, size), count)
+    return open_cached(cache, spec, build, check).images
+
+
 @register_dataset("svhn")
 def load_svhn(cfg: DataConfig) -> RawDataset:
     """SVHN format 2 (cropped digits): 73,257 train and 26,032 test images, 32x32 RGB.
 
-    The 531k ``extra`` split is not used. No horizontal flip: mirrored digits are other glyphs.
+    ``data.svhn_extra=true`` adds the 531,131 ``extra`` images to the unlabeled pool (their
+    labels unused), as FixMatch and USB do; they stay on disk (the image cache). No horizontal
+    flip: mirrored digits are other glyphs.
     """
     _loadmat()  # fail on a missing scipy before looking for (or downloading) files
-    root = _locate(cfg, "svhn", ["train_32x32.mat", "test_32x32.mat"])
+    files = ["train_32x32.mat", "test_32x32.mat"]
+    if cfg.svhn_extra:
+        files.append("extra_32x32.mat")
+    root = _locate(cfg, "svhn", files)
+    extra = None
+    if cfg.svhn_extra:
+        images = _svhn_extra(root / "extra_32x32.mat", cfg)
+        extra = ImageSet(images, np.full(len(images), -1, dtype=np.int64))
     return RawDataset(
         name="svhn",
         train=_svhn_split(root / "train_32x32.mat"),
@@ -391,4 +502,5 @@ def load_svhn(cfg: DataConfig) -> RawDataset:
         mean=SVHN_MEAN,
         std=SVHN_STD,
         hflip=False,
+        extra_unlabeled=extra,
     )

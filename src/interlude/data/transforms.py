@@ -27,8 +27,8 @@ def resize_images(
 
 
 def _resize_set(images: ImageSet | None, size: int, interpolation: str) -> ImageSet | None:
-    if images is None:
-        return None
+    if images is None or images.images.shape[-2:] == (size, size):
+        return images  # as it is: a disk-backed set already at the size stays on disk
     return ImageSet(resize_images(images.images, size, interpolation=interpolation), images.labels)
 
 

@@ -10,6 +10,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 from torch import nn
 
 from interlude.data.base import ImageSet
+from interlude.data.ondisk import row_window
 from interlude.train.distributed import DistContext, shard_range
 
 
@@ -76,7 +77,8 @@ def evaluate_model(
     start, stop = shard_range(len(images), batch_size, dist.rank, dist.world_size)
     predictions = np.empty(0, dtype=np.int64)
     if stop > start:
-        logits = predict_logits(model, images.images[start:stop], preprocess, batch_size, device)
+        rows = row_window(images.images, start, stop)  # a disk-backed set: batch by batch
+        logits = predict_logits(model, rows, preprocess, batch_size, device)
         predictions = logits.argmax(-1).numpy().astype(np.int64)
     gathered = dist.all_gather_object(predictions)
     return classification_metrics(images.labels, np.concatenate(gathered), num_classes)

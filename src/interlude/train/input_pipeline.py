@@ -25,6 +25,7 @@ from interlude.data.augment import (
     weak_augment,
 )
 from interlude.data.base import ImageSet
+from interlude.data.ondisk import is_disk_backed
 from interlude.data.sampler import STREAM_AUGMENT, StepSampler, step_generator
 from interlude.train.workers import PairedViews, WorkerBatches
 
@@ -48,12 +49,13 @@ class Preprocess:
 
 
 class ImageStore:
-    """Images gathered by index: resident on the device when small, else gathered on the host."""
+    """Images gathered by index: resident on the device when small and in RAM, else gathered on
+    the host row by row (disk-backed pools: the image cache, memory maps)."""
 
     def __init__(self, images: ImageSet, device: torch.device) -> None:
         self.device = device
         array = images.images
-        self.on_device = array.nbytes <= DEVICE_RESIDENT_BYTES and not isinstance(array, np.memmap)
+        self.on_device = array.nbytes <= DEVICE_RESIDENT_BYTES and not is_disk_backed(array)
         if self.on_device:
             self.images = torch.from_numpy(np.ascontiguousarray(array)).to(device)
         else:
@@ -63,7 +65,8 @@ class ImageStore:
         if self.on_device:
             return self.images.index_select(0, to_device(indices, self.device))
         batch = torch.from_numpy(self.array[np.sort(indices.numpy())])
-        # np.sort keeps memmap reads sequential; restore the requested order afterwards
+        # only the step's rows are read (a disk-backed pool is never copied whole); sorted rows
+        # keep the reads sequential, and the requested order is restored afterwards
         order = torch.argsort(torch.argsort(indices))
         return to_device(batch[order], self.device)
 
