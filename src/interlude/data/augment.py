@@ -319,7 +319,7 @@ class _StrongTables:
 
     affine: Tensor  # (5 * 10 * 2, 6) float64, row (kind * 10 + magnitude) * 2 + (sign < 0)
     basis: Tensor  # (1, 1, 3, h w) float64: pixel centre x = u + 0.5, y = v + 0.5, and 1
-    size: Tensor  # (1, 2, 1, 1) float64: (w, h)
+    last: Tensor  # (1, 2, 1, 1) float64: (w - 1, h - 1), the last column and row
     stride: Tensor  # (1, 2, 1, 1) float64: (1, w), flat index of (x, y)
     enhance: Tensor  # (10,) blend factor per magnitude
     posterize: Tensor  # (10, 256) Posterize lookup table per magnitude, already / 255
@@ -330,7 +330,6 @@ class _StrongTables:
     identity: Tensor  # (1, 256) int64 levels
     ones: Tensor  # (1, h w) int64, histogram increments
     pixels_yx: Tensor  # (1, 2, h w) float32: row and column of each flat pixel
-    flat: Tensor  # (1, c, h w) int64: flat index of each pixel within an image
     zero: Tensor
     one: Tensor
     half: Tensor  # float32 (the uniforms' dtype)
@@ -375,7 +374,7 @@ def _strong_tables(device: torch.device, dtype: torch.dtype, c: int, h: int, w: 
     return _StrongTables(
         affine=affine.to(device),
         basis=torch.stack([u, v, torch.ones(h, w, dtype=float64)]).view(1, 1, 3, h * w).to(device),
-        size=torch.tensor([w, h], dtype=float64, device=device).view(1, 2, 1, 1),
+        last=torch.tensor([w - 1, h - 1], dtype=float64, device=device).view(1, 2, 1, 1),
         stride=torch.tensor([1, w], dtype=float64, device=device).view(1, 2, 1, 1),
         enhance=torch.tensor(_ENHANCE, dtype=dtype, device=device),
         posterize=(((levels >> shifts) << shifts).to(dtype) / 255).to(device),
@@ -387,7 +386,6 @@ def _strong_tables(device: torch.device, dtype: torch.dtype, c: int, h: int, w: 
         identity=levels.view(1, 256).to(device),
         ones=torch.ones(1, h * w, dtype=torch.long, device=device),
         pixels_yx=torch.stack([rows, cols]).view(1, 2, h * w).to(torch.float32).to(device),
-        flat=torch.arange(c * h * w, device=device).view(1, c, h * w),
         zero=const(0), one=const(1), half=const(0.5, torch.float32), level=const(255),
         area=const(h * w), fill=const(fill), zero64=const(0, float64),
         hw=torch.tensor([h, w], dtype=torch.float32, device=device),
@@ -500,7 +498,8 @@ def _affine(x: Tensor, coefficients: Tensor, t: _StrongTables) -> None:
     # (g, 2, 3, h w) products summed over the 3 terms: (a u + b v) + c, in that order
     source = (coefficients.view(g, 2, 3, 1) * t.basis).sum(2, keepdim=True).floor_()
     # source: (g, 2, 1, h w), the (x, y) pixel each output pixel reads
-    inside = ((source >= t.zero64) * (source < t.size)).all(1, keepdim=True)  # (g, 1, 1, h w)
+    # inside the image: 0 <= x <= w - 1 and 0 <= y <= h - 1 (integers, so exact)
+    inside = torch.minimum(source, t.last - source).amin(1, keepdim=True) >= t.zero64
     flat = torch.where(inside, (source * t.stride).sum(1, keepdim=True), t.zero64)
     index = torch.empty(flat.shape, dtype=torch.long, device=x.device).copy_(flat)
     x = x.view(g, c, 1, h * w)
@@ -609,7 +608,8 @@ def _cutout_mask(centres: Tensor, t: _StrongTables) -> Tensor:
     (kekmodel hard-codes ``v = int(32 * 0.5)``; here ``v`` scales with the image size.)"""
     corner = (centres * t.hw - t.half_side).clamp_min_(0).floor_()  # >= 0: floor is int()
     offset = t.pixels_yx - corner.unsqueeze(2)  # (n, 2, h w): pixel row/col minus the corner's
-    return ((offset >= t.zero) * (offset <= t.side)).all(1, keepdim=True)
+    # 0 <= offset <= side on both axes (small integers, so exact)
+    return torch.minimum(offset, t.side - offset).amin(1, keepdim=True) >= t.zero
 
 
 def _cutout(x: Tensor, centres: Tensor, fraction: float, fill: float) -> Tensor:
@@ -651,11 +651,8 @@ def _strong_apply(x: Tensor, plan: _StrongPlan, parts: list[Tensor], signs: Tens
         if len(levels):
             _level_ops(levels, rnd, parts, t)
     if plan.final is not None:  # back to natural order: one gather
-        index = parts[plan.final].view(n, 1, 1) * (c * h * w) + t.flat
-        if out is None:
-            current = current.view(-1).take(index).view(n, c, h, w)
-        else:
-            current = torch.take(current.view(-1), index, out=out.view(n, c, h * w)).view_as(x)
+        current = current[parts[plan.final]] if out is None else out.copy_(
+            current[parts[plan.final]])
     elif out is not None:
         current = out if current is out else out.copy_(current)
     elif current is x:
@@ -738,8 +735,8 @@ def augment_views(images: Tensor, labeled_rows: np.ndarray, unlabeled_rows: np.n
     flip = None if draws.flip is None else to_device(draws.flip, images.device)
     pixels = _weak_pixels(flip, to_device(draws.offsets, images.device), t)
     total = len(pixels)
-    index = parts[sources].view(total, 1, 1) * (c * h * w) + t.channel
-    weak = images.take(index + pixels).view(total, c, h, w)
+    rows = images[parts[sources]].view(total, c, h * w)  # the step's images, then their pixels
+    weak = rows.gather(2, pixels.expand(total, c, h * w)).view(total, c, h, w)
     if not weak.is_floating_point():
         weak = torch.empty(weak.shape, device=weak.device).copy_(weak).div_(t.level)
     if plan is None:
