@@ -411,6 +411,11 @@ class _Round:
     gather: int | None  # rows of the current batch in this round's order (None: unchanged)
     blend: int | None  # magnitudes of the blend rows
     blend_kind: int | None  # family of each blend row
+    solo: list[int]
+    """Blend rows (grey images only) to filter for Sharpness alone: the only Sharpness image of
+    its view in this round. A depthwise convolution of a single grey image rounds differently
+    (by one float ulp) from a batched one, and the previous implementation filtered each view's
+    Sharpness images as one batch; this keeps the views bit-identical to it."""
     posterize: int | None  # magnitude of each (Posterize or Equalize row, channel)
     solarize: int | None  # magnitude of each (level row, channel); 0 (threshold 256) if not Solarize
 
@@ -424,8 +429,10 @@ class _StrongPlan:
     with it, and one final gather restores natural order."""
 
     def __init__(self, ops: np.ndarray, mags: np.ndarray, apply: np.ndarray, channels: int,
-                 upload: _Upload) -> None:
+                 upload: _Upload, views: Sequence[int] | None = None) -> None:
+        """``views``: the sizes of the views whose rows ``ops`` holds, in order (default: one)."""
         n, n_ops = ops.shape
+        view_of = np.repeat(np.arange(len(views or [n])), views or [n])
         family = _FAMILY[ops]
         if channels == 1:  # Color is the identity on grey images
             family = np.where(ops == _OP["Color"], _F_UNTOUCHED, family)
@@ -446,6 +453,10 @@ class _StrongPlan:
             def slot(rows: slice, values: np.ndarray) -> int | None:
                 return upload.add(values) if rows.stop > rows.start else None
 
+            sharp = order[start[_F_SHARPNESS]:start[_F_POSTERIZE]]
+            alone = np.bincount(view_of[sharp], minlength=view_of[-1] + 1)[view_of[sharp]] == 1
+            solo = [] if channels != 1 or blends.stop - blends.start == 1 else [
+                int(start[_F_SHARPNESS] - start[_F_BRIGHTNESS] + i) for i in np.flatnonzero(alone)]
             self.rounds.append(_Round(
                 sizes=[count[_F_AFFINE], count[_F_AUTOCONTRAST], blends.stop - blends.start,
                        count[_F_POSTERIZE:_F_SOLARIZE + 1].sum(), count[_F_UNTOUCHED]],
@@ -454,6 +465,7 @@ class _StrongPlan:
                 gather=None if unchanged else upload.add(gather),
                 blend=slot(blends, mag[blends]),
                 blend_kind=slot(blends, kind[blends]),
+                solo=solo,
                 posterize=slot(slice(start[_F_POSTERIZE], start[_F_EQUALIZE]),
                                np.repeat(mag[start[_F_POSTERIZE]:start[_F_SOLARIZE]], channels)),
                 solarize=slot(slice(start[_F_SOLARIZE], start[_F_UNTOUCHED]), np.repeat(np.where(
@@ -522,22 +534,9 @@ def _blends(x: Tensor, rnd: _Round, parts: list[Tensor], t: _StrongTables) -> No
     degenerate image picked with ``where`` (exact): black; grey; the mean grey level rounded to
     a uint8 level like PIL; PIL's SMOOTH filter (3x3, centre 5, / 13), which leaves the border
     pixels."""
-    factor = t.enhance.index_select(0, parts[rnd.blend])
-    _blend_rows(x, rnd.blend_counts, factor, parts[rnd.blend_kind], t)
-
-
-def _blend_rows(x: Tensor, counts: list[int], factor: Tensor, kind: Tensor,
-                t: _StrongTables) -> None:
     g, c, h, w = x.shape
-    n_brightness, n_color, n_contrast, n_sharpness = counts
-    if c == 1 and n_sharpness == 1 and g > 1:
-        # a one-image depthwise convolution rounds differently from a batched one (1 ulp, grey
-        # images only): filter that image alone, as the per-op implementation did
-        head, tail = x.split([g - 1, 1])
-        _blend_rows(head, [*counts[:3], 0], factor[:-1], kind[:-1], t)
-        _blend_rows(tail, [0, 0, 0, 1], factor[-1:], kind[-1:], t)
-        return
-    kind = kind.view(g, 1, 1, 1)
+    n_brightness, n_color, n_contrast, n_sharpness = rnd.blend_counts
+    kind = parts[rnd.blend_kind].view(g, 1, 1, 1)
     base = t.zero  # Brightness: black
     if n_color or n_contrast:
         grey = (x * t.gray).sum(1, keepdim=True) if t.gray is not None else x
@@ -549,8 +548,12 @@ def _blend_rows(x: Tensor, counts: list[int], factor: Tensor, kind: Tensor,
             base = torch.where(kind == t.contrast, level, base)
     if n_sharpness:
         smooth = torch.where(t.interior, F.conv2d(x, t.smooth, padding=1, groups=c), x)
+        for i in rnd.solo:  # see _Round.solo
+            one = x[i:i + 1]
+            smooth[i:i + 1] = torch.where(t.interior, F.conv2d(one, t.smooth, padding=1), one)
         base = smooth if n_sharpness == g else torch.where(kind == t.sharpness, smooth, base)
-    torch.clamp(base + factor.view(g, 1, 1, 1) * (x - base), t.zero, t.one, out=x)
+    factor = t.enhance.index_select(0, parts[rnd.blend]).view(g, 1, 1, 1)
+    torch.clamp(base + factor * (x - base), t.zero, t.one, out=x)
 
 
 def _level_ops(x: Tensor, rnd: _Round, parts: list[Tensor], t: _StrongTables) -> None:
@@ -728,8 +731,9 @@ def augment_views(images: Tensor, labeled_rows: np.ndarray, unlabeled_rows: np.n
     upload = _Upload()
     sources = upload.add(np.concatenate(rows))
     n_strong = len(draws.ops)
-    plan = (_StrongPlan(draws.ops, draws.magnitudes, draws.apply, c, upload) if n_strong
-            else None)
+    strong_sizes = [len(r) for r, s in zip(rows, strong, strict=True) if s]
+    plan = (_StrongPlan(draws.ops, draws.magnitudes, draws.apply, c, upload, strong_sizes)
+            if n_strong else None)
     parts = upload.send(images.device)
     t = _weak_tables(images.device, c, h, w, pad)
     flip = None if draws.flip is None else to_device(draws.flip, images.device)
