@@ -7,12 +7,12 @@ same random numbers were consumed: a run's views, and therefore resumed runs, ar
 
 from __future__ import annotations
 
+import augment_reference as old
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-import augment_reference as old
 from interlude.config import load_config
 from interlude.data import augment as A
 from interlude.data.sampler import STREAM_AUGMENT, step_generator

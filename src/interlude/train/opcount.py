@@ -1,26 +1,29 @@
 """Count the aten operators a training step dispatches: launch overhead, measured without a GPU.
 
 On a GPU every dispatched operator costs host time (a few microseconds through the dispatcher,
-plus a kernel launch for most), whatever the batch size; at small images the step can be bound by
+plus a kernel launch for most), whatever the batch size; at small images a step can be bound by
 that rather than by arithmetic. The count is a property of the code, not of the machine, so it is
 measured here on the CPU with ``torch.profiler`` and is deterministic for a given step, which lets
 a test pin it (a timing could not be pinned). Every ``aten::`` event is counted, nested ones too
-(``aten::to`` and the ``aten::_to_copy`` / ``aten::copy_`` it calls are three), i.e. every trip
-through the dispatcher, the stricter of the usual ways to count.
+(``aten::to`` and the ``aten::_to_copy`` / ``aten::copy_`` it calls are three): every trip
+through the dispatcher, the stricter of the usual ways to count, and the one the issue's
+figures (about 1,300-1,500 per strong augmentation call before the rewrite) were taken with.
 
-``benchmarks/speed.py --sections ops`` reports these counts; ``tests/test_opcount.py`` pins the
-input pipeline's.
+``benchmarks/speed.py --sections ops`` reports these counts; ``tests/test_opcount.py`` pins them.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+AUGMENT_RANGE = "interlude::augment_views"
+"""``torch.profiler.record_function`` label of the augmentation inside the input pipeline."""
 
 
 @dataclass
@@ -29,6 +32,8 @@ class OpCount:
 
     total: int
     by_name: Counter
+    within: Counter = field(default_factory=Counter)
+    """Operators dispatched inside each ``record_function`` range (e.g. :data:`AUGMENT_RANGE`)."""
     result: Any = None
 
     def top(self, k: int = 8) -> str:
@@ -40,8 +45,18 @@ def count_aten_ops(fn: Callable[[], Any]) -> OpCount:
     """Run ``fn()`` once under the profiler and count the ``aten::`` operators it dispatched."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         result = fn()
-    names = Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
-    return OpCount(sum(names.values()), names, result)
+    names: Counter = Counter()
+    within: Counter = Counter()
+    for event in prof.events():
+        if not event.name.startswith("aten::"):
+            continue
+        names[event.name] += 1
+        parent = event.cpu_parent
+        while parent is not None:
+            if not parent.name.startswith("aten::"):
+                within[parent.name] += 1
+            parent = parent.cpu_parent
+    return OpCount(sum(names.values()), names, within, result)
 
 
 @dataclass
@@ -49,17 +64,22 @@ class StepOps:
     """Operators of one training step, split where the step's work splits."""
 
     input: OpCount
-    """``BatchBuilder.build``: gather, weak + strong augmentation of every view, normalise."""
+    """``BatchBuilder.build``: sampling, weak + strong augmentation of every view, normalise."""
     model: OpCount
     """The rest of ``Trainer.train_step``: layout, forward, loss, backward, optimizer, EMA."""
+
+    @property
+    def augmentation(self) -> int:
+        """The augmentation alone (all views of the step), inside the input pipeline."""
+        return self.input.within[AUGMENT_RANGE]
 
 
 def step_op_counts(trainer, step: int = 1) -> StepOps:
     """Count one training step of ``trainer`` (a :class:`~interlude.train.loop.Trainer`).
 
-    One step runs first, so one-time work (optimizer state, lazy buffers) is not counted; then
-    the input pipeline and the model step of ``step`` are counted apart, the model step on the
-    batch the pipeline just built.
+    One step runs first, so one-time work (optimizer state, constant tables) is not counted;
+    then the input pipeline and the model step of ``step`` are counted apart, the model step on
+    the batch the pipeline just built. The trainer trains two steps doing so.
     """
     trainer.train_step(step)
     built = count_aten_ops(lambda: trainer.batches.build(step))
