@@ -12,12 +12,15 @@ drawn first, in the same calls and order as always (so the views of a (seed, ste
 the op plan is drawn on the host, so everything that depends on it (which image gets which op, the
 per-image parameters, the order in which images are grouped) is worked out in numpy and reaches
 the device as *one* host-to-device copy. Each RandAugment round then reorders the batch once so
-that images sharing an op family are contiguous, runs each family once on its slice (the five
-geometric ops as one resampling from a table of affine maps; Brightness/Color/Contrast/Sharpness
-as one blend against a per-image degenerate image; Posterize/Equalize as one lookup-table gather),
-and concatenates; the last reordering back to natural order and Cutout are one gather and one
-masked fill. :func:`augment_views` does all views of a training step (weak for every view, strong
-for the strong ones) in one go; ``interlude.train.opcount`` counts the operators.
+that images sharing an op family are contiguous, runs each family once on its slice and writes
+the result back in place (the five geometric ops as one resampling from a table of affine maps;
+Brightness/Color/Contrast/Sharpness as one blend against a per-image degenerate image;
+Solarize as one ``where``; Posterize/Equalize as one lookup-table gather); the last reordering
+back to natural order and Cutout are one gather and one masked fill. :func:`augment_views` does
+all views of a training step (weak for every view, strong for the strong ones) in one go, about
+400 operators at the paper batch whatever its size; ``interlude.train.opcount`` counts them.
+The previous implementation (one call per op per view) is kept in ``tests/augment_reference.py``
+and the outputs are compared bit for bit.
 
 Agreement with the PIL reference: the magnitude tables and the lookup-table ops (Equalize,
 Posterize, Solarize) match exactly, and Cutout paints the same square for the same draw; the
@@ -207,14 +210,13 @@ class _WeakTables:
     cols: Tensor  # (2 (2 pad + 1), w): source column for flip * (2 pad + 1) + horizontal offset
     maps: Tensor | None  # (rows x cols keys, h w): whole-image maps, when small enough
     key: Tensor  # (1, 2): key of (vertical, horizontal) offset in ``maps``
-    channel: Tensor  # (1, c, 1): channel * h * w
     half: Tensor  # 0.5, the flip threshold
     level: Tensor  # 255.0
     span: Tensor  # 2 pad + 1 (int64): key offset of the flipped columns
 
 
 @functools.lru_cache(maxsize=16)
-def _weak_tables(device: torch.device, c: int, h: int, w: int, pad: int) -> _WeakTables:
+def _weak_tables(device: torch.device, h: int, w: int, pad: int) -> _WeakTables:
     span = 2 * pad + 1
     offsets = torch.arange(-pad, pad + 1, device=device)[:, None]
     rows = _reflect(offsets + torch.arange(h, device=device), h) * w
@@ -226,7 +228,6 @@ def _weak_tables(device: torch.device, c: int, h: int, w: int, pad: int) -> _Wea
     return _WeakTables(
         rows=rows, cols=cols, maps=maps,
         key=torch.tensor([[2 * span, 1]], device=device),
-        channel=(torch.arange(c, device=device) * (h * w)).view(1, c, 1),
         half=torch.tensor(0.5, device=device), level=torch.tensor(255.0, device=device),
         span=torch.tensor(span, device=device),
     )
@@ -261,7 +262,7 @@ def weak_augment(x: Tensor, generator: torch.Generator, hflip: bool,
     n, c, h, w = x.shape
     pad = _pad(h, pad_fraction)
     draws = _Draws([n], [False], generator, None, hflip, pad, 0, 0.0)
-    t = _weak_tables(x.device, c, h, w, pad)
+    t = _weak_tables(x.device, h, w, pad)
     flip = None if draws.flip is None else to_device(draws.flip, x.device)
     pixels = _weak_pixels(flip, to_device(draws.offsets, x.device), t)
     index = pixels.expand(n, c, h * w)
@@ -458,10 +459,12 @@ class _StrongPlan:
             solo = [] if channels != 1 or blends.stop - blends.start == 1 else [
                 int(start[_F_SHARPNESS] - start[_F_BRIGHTNESS] + i) for i in np.flatnonzero(alone)]
             self.rounds.append(_Round(
-                sizes=[count[_F_AFFINE], count[_F_AUTOCONTRAST], blends.stop - blends.start,
-                       count[_F_POSTERIZE:_F_SOLARIZE + 1].sum(), count[_F_UNTOUCHED]],
+                sizes=[int(v) for v in (count[_F_AFFINE], count[_F_AUTOCONTRAST],
+                                        blends.stop - blends.start,
+                                        count[_F_POSTERIZE:_F_SOLARIZE + 1].sum(),
+                                        count[_F_UNTOUCHED])],
                 blend_counts=[int(count[f]) for f in range(_F_BRIGHTNESS, _F_SHARPNESS + 1)],
-                level_sizes=[count[_F_POSTERIZE], count[_F_EQUALIZE], count[_F_SOLARIZE]],
+                level_sizes=[int(count[f]) for f in (_F_POSTERIZE, _F_EQUALIZE, _F_SOLARIZE)],
                 gather=None if unchanged else upload.add(gather),
                 blend=slot(blends, mag[blends]),
                 blend_kind=slot(blends, kind[blends]),
@@ -474,7 +477,7 @@ class _StrongPlan:
             affine_rows.append(order[: count[_F_AFFINE]] * n_ops + r)
             position = np.empty(n, dtype=np.int64)
             position[order] = np.arange(n)
-        self.affine_sizes = [len(rows) for rows in affine_rows]
+        self.affine_sizes = [len(rows) for rows in affine_rows]  # per round
         self.affine: tuple[int, int] | None = None
         """Upload slots: sign positions and affine-table rows (sign aside) of the geometric ops
         of all rounds, in round order."""
@@ -735,7 +738,7 @@ def augment_views(images: Tensor, labeled_rows: np.ndarray, unlabeled_rows: np.n
     plan = (_StrongPlan(draws.ops, draws.magnitudes, draws.apply, c, upload, strong_sizes)
             if n_strong else None)
     parts = upload.send(images.device)
-    t = _weak_tables(images.device, c, h, w, pad)
+    t = _weak_tables(images.device, h, w, pad)
     flip = None if draws.flip is None else to_device(draws.flip, images.device)
     pixels = _weak_pixels(flip, to_device(draws.offsets, images.device), t)
     total = len(pixels)
