@@ -1,11 +1,16 @@
 """Images/s of batched tensor augmentation vs the per-image PIL reference pipeline.
 
     python benchmarks/augment_speed.py [--device cpu|cuda] [--batch 448] [--size 32] [--threads 2]
+    python benchmarks/augment_speed.py --steps 2x7 8x7 64x7 --threads 1   # whole steps, old vs new
 
 Both pipelines turn uint8 images into float ``(N, C, H, W)`` views in ``[0, 1]``: "weak+strong" is
 what a FixMatch strong view costs (flip + pad-crop, RandAugmentMC n=2, Cutout). The per-image
 pipeline always runs on the CPU (as DataLoader workers would, here in one process). Timings are
 the median over repeated batches after a warm-up; prints a Markdown table.
+
+``--steps B x mu ...`` times a training step's views instead (weak lw/uw/ls/us, strong ls/us):
+``augment_views`` against the per-view implementation it replaced (kept verbatim in
+``tests/augment_reference.py``), interleaved so machine noise hits both alike.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from interlude.data.augment import (
+    augment_views,
     strong_augment,
     strong_augment_per_image,
     to_float,
@@ -46,6 +54,46 @@ def per_image_pipeline(arrays: list[np.ndarray], rng: random.Random) -> torch.Te
     return to_float(torch.from_numpy(np.stack(views)).permute(0, 3, 1, 2))
 
 
+def step_views_table(specs: list[str], device: torch.device, repeats: int) -> None:
+    """Median ms of one step's views: the previous per-view loop vs ``augment_views``."""
+    print("\n| batch (B x mu) | images | previous per-view ms | augment_views ms | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    for spec in specs:
+        batch, mu = (int(v) for v in spec.split("x"))
+        old, new = _step_views_ms(batch, mu, device, repeats)
+        print(f"| {batch} x {mu} | {2 * batch * (1 + mu)} | {old:.1f} | {new:.1f} | "
+              f"{old / new:.2f}x |")
+
+
+def _step_views_ms(batch: int, mu: int, device: torch.device,
+                   repeats: int) -> tuple[float, float]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import augment_reference as previous
+
+    views = ("lw", "uw", "ls", "us")
+    rs = np.random.RandomState(0)
+    store = torch.from_numpy(rs.randint(0, 256, (batch * (1 + mu), 3, 32, 32)).astype(
+        np.uint8)).to(device)
+    rows_l, rows_u = np.arange(batch), batch + np.arange(batch * mu)
+    xl, xu = to_float(store[:batch]), to_float(store[batch:])
+    runs = {
+        "previous": lambda g, p: previous.old_pipeline_views(xl, xu, views, g, p, True),
+        "new": lambda g, p: augment_views(store, rows_l, rows_u, views, g, p, True),
+    }
+    times: dict[str, list[float]] = {"previous": [], "new": []}
+    for rep in range(repeats + 2):
+        for name in (("previous", "new") if rep % 2 else ("new", "previous")):
+            g = torch.Generator(device=device).manual_seed(rep)
+            p = torch.Generator().manual_seed(rep + 1)
+            started = time.perf_counter()
+            runs[name](g, p)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if rep >= 2:
+                times[name].append(time.perf_counter() - started)
+    return statistics.median(times["previous"]) * 1e3, statistics.median(times["new"]) * 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -53,9 +101,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--steps", nargs="+", default=None, metavar="BxMU",
+                        help="time whole steps' views (previous vs augment_views) instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.steps:
+        print(f"\nA step's views (InterLUDE), 32x32x3, torch threads {args.threads}")
+        step_views_table(args.steps, device, args.repeats)
+        return
 
     rs = np.random.RandomState(0)
     images = rs.randint(0, 256, (args.batch, args.size, args.size, 3)).astype(np.uint8)

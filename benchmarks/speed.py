@@ -3,6 +3,7 @@
     python benchmarks/speed.py                                  # CPU defaults: WRN-28-2, B=2, mu=7
     python benchmarks/speed.py --device cuda --batches 64x7 8x7 --precision bf16
     python benchmarks/speed.py --sections step --reps 40 --threads 1
+    python benchmarks/speed.py --sections ops --batches 64x7               # dispatched operators
 
 Sections (``--sections``, default all):
 
@@ -10,10 +11,17 @@ Sections (``--sections``, default all):
   ``fixmatch`` (forwards lw, uw, us), ``fixmatch4`` (FixMatch forwarding the *same* four views as
   InterLUDE: lw, uw, ls, us, in natural order, no fusion), ``interlude`` and ``interlude_plus``
   (when installed). ``interlude`` vs ``fixmatch4`` differ only by the layout permutation, the
-  embedding fusion and the DC loss, which is InterLUDE's whole overhead. Two timings per step:
-  ``model`` (batch prebuilt: layout, forward, loss, backward, SGD, EMA) and ``full`` (plus the
-  batched augmentation). Algorithms are interleaved (rotated order) for ``--reps`` rounds and the
-  median is reported, so machine noise hits all of them alike.
+  embedding fusion and the DC loss, which is InterLUDE's whole overhead. Three timings per step:
+  ``model`` (batch prebuilt: layout, forward, loss, backward, SGD, EMA), ``full`` (plus the
+  batched augmentation) and ``floor``: a bare forward + cross-entropy + backward + SGD of the
+  same net on the same batch, nothing else; ``full / floor`` is what the training step costs on
+  top of the network itself. Algorithms are interleaved (rotated order) for ``--reps`` rounds
+  and the median is reported, so machine noise hits all of them alike.
+- ``ops``: aten operators dispatched by one step (``interlude.train.opcount``, torch profiler,
+  nested calls included): the augmentation of all views, the whole input pipeline, the model
+  step, and the bare forward + backward + SGD. On a GPU each costs launch/dispatch time whatever
+  the batch size, so this is the launch overhead, measurable on the CPU. The model-step counts
+  do not depend on the batch; they are taken at 2 x 7 to keep the CPU time short.
 - ``overhead``: the three things InterLUDE adds, timed alone at the step's shapes: the layout
   gather of the input batch, fusion (roll + lerp) forward and backward at the fusion point, and the
   DC loss forward and backward.
@@ -30,6 +38,7 @@ Prints Markdown tables (copy them into ``benchmarks/RESULTS.md``).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import random
 import statistics
@@ -59,6 +68,8 @@ from interlude.data.sampler import StepSampler
 from interlude.nets import build_net, fuse_with_next
 from interlude.train.forward import permute_rows
 from interlude.train.loop import Trainer
+from interlude.train.opcount import AUGMENT_RANGE, count_aten_ops, floor_step_fn, step_op_counts
+from interlude.train.optim import build_optimizer
 from interlude.train.workers import PairedViews, WorkerBatches
 
 ALGORITHMS = ("fixmatch", "fixmatch4", "interlude", "interlude_plus")
@@ -134,36 +145,60 @@ def synchronize(device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------------- step timing
+KINDS = ("model", "full", "floor")
+
+
+def floor_step(trainer: Trainer, x: torch.Tensor) -> Callable[[], None]:
+    """The bare step of ``trainer``'s network (a copy, same memory format and precision) on
+    ``x``: forward, cross-entropy, backward, the same optimizer; nothing else."""
+    model = copy.deepcopy(trainer.model)
+    step = floor_step_fn(model, x, build_optimizer(model, trainer.cfg.train))
+    if not trainer.autocast:
+        return step
+
+    def autocast_step() -> None:
+        with torch.autocast("cuda", torch.bfloat16):
+            step()
+
+    return autocast_step
+
+
 def time_steps(trainers: dict[str, Trainer], reps: int, warmup: int) -> dict[str, dict]:
-    """Median seconds of a model step and a full step per algorithm, interleaved."""
+    """Median seconds of a model step, a full step and the floor per algorithm, interleaved."""
     cached = {name: t.batches.build(0) for name, t in trainers.items()}
+    floors = {name: floor_step(t, cached[name].x) for name, t in trainers.items()}
     names = list(trainers)
-    times: dict[str, dict[str, list[float]]] = {n: {"model": [], "full": []} for n in names}
+    times: dict[str, dict[str, list[float]]] = {n: {k: [] for k in KINDS} for n in names}
     for rep in range(warmup + reps):
         order = names[rep % len(names):] + names[: rep % len(names)]
         for name in order:
             trainer = trainers[name]
-            for kind in ("model", "full"):
-                times[name][kind].append(_one_step(trainer, rep, cached[name], kind))
+            for kind in KINDS:
+                times[name][kind].append(
+                    _timed(floors[name], trainer.device) if kind == "floor"
+                    else _one_step(trainer, rep, cached[name], kind))
     result = {}
     for name in names:
         trainer = trainers[name]
-        images = trainer.layout.order.numel()
-        model = statistics.median(times[name]["model"][warmup:])
-        full = statistics.median(times[name]["full"][warmup:])
-        result[name] = {"images": images, "model_s": model, "full_s": full}
+        result[name] = {"images": trainer.layout.order.numel()}
+        for kind in KINDS:
+            result[name][f"{kind}_s"] = statistics.median(times[name][kind][warmup:])
     return result
+
+
+def _timed(fn: Callable[[], None], device: torch.device) -> float:
+    synchronize(device)
+    started = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - started
 
 
 def _one_step(trainer: Trainer, step: int, batch, kind: str) -> float:
     build = trainer.batches.build
     if kind == "model":
         trainer.batches.build = lambda _step: batch  # type: ignore[method-assign]
-    synchronize(trainer.device)
-    started = time.perf_counter()
-    trainer.train_step(step)
-    synchronize(trainer.device)
-    elapsed = time.perf_counter() - started
+    elapsed = _timed(lambda: trainer.train_step(step), trainer.device)
     trainer.batches.build = build  # type: ignore[method-assign]
     return elapsed
 
@@ -173,8 +208,9 @@ def step_section(args, device: str) -> list[str]:
     missing = [n for n in args.algorithms if n not in names]
     rows = [
         "| batch (B x mu) | algorithm | images/step | model step ms | model img/s | "
-        "full step ms | full img/s | model vs fixmatch4 | full vs fixmatch4 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "full step ms | full img/s | floor ms | full / floor | model vs fixmatch4 | "
+        "full vs fixmatch4 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     data = synthetic_data()
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,11 +228,44 @@ def step_section(args, device: str) -> list[str]:
                 rows.append(
                     f"| {batch} x {mu} | {name} | {r['images']} | {r['model_s'] * 1e3:.1f} | "
                     f"{r['images'] / r['model_s']:.0f} | {r['full_s'] * 1e3:.1f} | "
-                    f"{r['images'] / r['full_s']:.0f} | {rel_model} | {rel_full} |"
+                    f"{r['images'] / r['full_s']:.0f} | {r['floor_s'] * 1e3:.1f} | "
+                    f"{r['full_s'] / r['floor_s']:.2f} | {rel_model} | {rel_full} |"
                 )
             del trainers
     if missing:
         rows.append(f"\nnot available here: {', '.join(missing)}")
+    return rows
+
+
+# ---------------------------------------------------------------------- dispatched operators
+def ops_section(args, device: str) -> list[str]:
+    """Aten operators of one step: augmentation and input pipeline at each ``--batches`` spec,
+    model step and the bare forward + backward + SGD at 2 x 7 (they do not depend on it)."""
+    names = [n for n in args.algorithms if available(n) and n != "fixmatch4"]
+    rows = [
+        "| batch (B x mu) | algorithm | augmentation (all views) | input pipeline | "
+        "model step | bare fwd+bwd+SGD | step total |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    data = synthetic_data()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_ops = {}
+        for name in names:
+            trainer = make_trainer(name, 2, 7, device, args.precision, data, Path(tmp))
+            step = step_op_counts(trainer, 1)
+            floor = floor_step(trainer, step.input.result.x)
+            floor()
+            model_ops[name] = (step.model.total, count_aten_ops(floor).total)
+        for spec in args.batches:
+            batch, mu = (int(v) for v in spec.split("x"))
+            for name in names:
+                trainer = make_trainer(name, batch, mu, device, args.precision, data, Path(tmp))
+                trainer.batches.build(0)  # constant tables are made once, not counted
+                built = count_aten_ops(lambda trainer=trainer: trainer.batches.build(1))
+                augmentation = built.within[AUGMENT_RANGE]
+                model, floor = model_ops[name]
+                rows.append(f"| {batch} x {mu} | {name} | {augmentation} | {built.total} | "
+                            f"{model} | {floor} | {built.total + model} |")
     return rows
 
 
@@ -375,7 +444,7 @@ def main() -> None:
                         help="B x mu per step, e.g. 64x7 (default: 64x7 8x7 on CUDA, 2x7 on CPU)")
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
     parser.add_argument("--sections", nargs="+",
-                        default=["step", "overhead", "memory", "augment"])
+                        default=["step", "ops", "overhead", "memory", "augment"])
     parser.add_argument("--precision", default=None, help="fp32|bf16 (default bf16 on CUDA)")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -399,8 +468,8 @@ def main() -> None:
     print(f"# speed: {name}, torch {torch.__version__}, precision {args.precision}, "
           f"WRN-28-2 32x32, reps {args.reps} (median)\n")
     sections = {
-        "step": step_section, "overhead": overhead_section, "memory": memory_section,
-        "augment": augment_section,
+        "step": step_section, "ops": ops_section, "overhead": overhead_section,
+        "memory": memory_section, "augment": augment_section,
     }
     for section in args.sections:
         print(f"## {section}\n")

@@ -1,4 +1,10 @@
-"""Shared fixtures. Tests run on CPU with one thread so they behave the same on 2-core CI."""
+"""Shared fixtures. Tests run on CPU with one thread so they behave the same on 2-core CI.
+
+Tests marked ``cuda`` check behaviour only a GPU has (device kernels, bf16, channels_last,
+inductor, NCCL). Without a CUDA device they are deselected, not skipped: they cannot run here,
+and the header says how many were left out; ``python benchmarks/gpu_check.py`` runs them on a GPU
+(``pytest -m cuda``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,25 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+
+_deselected_cuda: list[str] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    cuda = [item for item in items if item.get_closest_marker("cuda")]
+    if cuda:
+        _deselected_cuda.extend(item.nodeid for item in cuda)
+        items[:] = [item for item in items if not item.get_closest_marker("cuda")]
+        config.hook.pytest_deselected(items=cuda)
+
+
+def pytest_report_collectionfinish(config, start_path, items):
+    if _deselected_cuda:
+        return (f"{len(_deselected_cuda)} CUDA-only tests deselected (no CUDA device here); "
+                "benchmarks/gpu_check.py runs them on a GPU")
+    return None
 
 
 @pytest.fixture(autouse=True)

@@ -36,8 +36,6 @@ HOST_SIDE_CODE = (
     os.path.join("torch", "utils", "data", ""),
 )
 """Host-side by design (indices, DataLoader bookkeeping): never touches device tensors."""
-DEVICE_AUGMENT = os.path.join("interlude", "data", "augment.py")
-"""Batched RandAugment groups images by op with one host read per round (tracked below)."""
 INTERVAL_WORK = ("_log_train", "_evaluate", "save_checkpoint", "summary")
 """Trainer methods that run once per interval and may read values on the host."""
 
@@ -121,7 +119,7 @@ def test_training_steps_never_read_device_values(tmp_path, monkeypatch, algorith
         "train.num_workers=0",
     )
     trainer.fit(stop_after=1)  # warm-up: one-time initialisation may synchronise
-    recorder = HostReadRecorder((*HOST_SIDE_CODE, DEVICE_AUGMENT))
+    recorder = HostReadRecorder()
     recorder.install(monkeypatch)
     with recorder.switched(True):
         trainer.fit()
@@ -130,20 +128,21 @@ def test_training_steps_never_read_device_values(tmp_path, monkeypatch, algorith
 
 
 def test_device_augmentation_plans_ops_on_the_host(tmp_path, monkeypatch):
-    """Grouping a batch by RandAugment op needs the group sizes on the host; the op plan must
+    """Laying a batch out by RandAugment op needs the plan on the host; the op plan must
     therefore come from a CPU generator, so that on CUDA no device value is read (no sync)."""
     from interlude.data import augment
     from interlude.train import input_pipeline
 
     trainer = _trainer(tmp_path, "algorithm.name=fixmatch")
     seen = []
-    original = augment.strong_augment
+    original = augment.augment_views
 
-    def spy(x, generator, *args, plan_generator=None, **kwargs):
+    def spy(images, rows_l, rows_u, views, generator, plan_generator, *args, **kwargs):
         seen.append(plan_generator)
-        return original(x, generator, *args, plan_generator=plan_generator, **kwargs)
+        return original(images, rows_l, rows_u, views, generator, plan_generator, *args,
+                        **kwargs)
 
-    monkeypatch.setattr(input_pipeline, "strong_augment", spy)
+    monkeypatch.setattr(input_pipeline, "augment_views", spy)
     trainer.train_step(0)
     assert seen and all(g is not None and g.device.type == "cpu" for g in seen)
 

@@ -341,8 +341,8 @@ def test_training_gathers_rows_from_disk_never_the_whole_pool(tmp_path, monkeypa
     cfg = load_config(None, _train_overrides(tmp_path, tmp_path / "runs"))
     data = build_data(cfg.data)
     trainer = build_trainer(cfg, tmp_path / "runs" / "r", data)
-    store = trainer.batches.unlabeled
-    assert not store.on_device and is_disk_backed(store.array)
+    store = trainer.batches.store
+    assert not store.on_device and is_disk_backed(store.arrays[1])
     rows = []
     original = DiskImages.rows
     monkeypatch.setattr(DiskImages, "rows", lambda self, index: (
@@ -350,6 +350,7 @@ def test_training_gathers_rows_from_disk_never_the_whole_pool(tmp_path, monkeypa
     monkeypatch.setattr(DiskImages, "__array__", lambda *a, **k: pytest.fail("materialised"))
     trainer.batches.build(0)
     assert 0 < sum(rows) <= 4 * 2  # batch 4 x mu 2 unlabeled rows, nothing else
+    assert store.offset == len(data.labeled)  # labeled rows first, then the step's unlabeled
 
 
 def test_unusable_cache_folder_is_one_clear_error(tmp_path):

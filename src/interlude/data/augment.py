@@ -3,9 +3,24 @@
 The batched path is what training uses: images never leave the device, and every random number
 comes from one explicit ``torch.Generator``, so a step's views are a pure function of its seed and
 a resumed run is bit-identical. RandAugmentMC follows kekmodel/FixMatch-pytorch (op pool,
-magnitude mapping, op sampling); instead of looping over images, each round groups the batch by
-sampled op and applies every op once, vectorised, to its group. The PIL functions at the bottom
-are the per-image reference (``augment_on: workers`` and the speed baseline).
+magnitude mapping, op sampling). The PIL functions at the bottom are the per-image reference
+(``augment_on: workers`` and the speed baseline).
+
+Few operators per step (launch overhead): on a GPU every dispatched operator costs host time
+whatever the batch size, so the work is organised to dispatch few of them. All random numbers are
+drawn first, in the same calls and order as always (so the views of a (seed, step) never change);
+the op plan is drawn on the host, so everything that depends on it (which image gets which op, the
+per-image parameters, the order in which images are grouped) is worked out in numpy and reaches
+the device as *one* host-to-device copy. Each RandAugment round then reorders the batch once so
+that images sharing an op family are contiguous, runs each family once on its slice and writes
+the result back in place (the five geometric ops as one resampling from a table of affine maps;
+Brightness/Color/Contrast/Sharpness as one blend against a per-image degenerate image;
+Solarize as one ``where``; Posterize/Equalize as one lookup-table gather); the last reordering
+back to natural order and Cutout are one gather and one masked fill. :func:`augment_views` does
+all views of a training step (weak for every view, strong for the strong ones) in one go, about
+400 operators at the paper batch whatever its size; ``interlude.train.opcount`` counts them.
+The previous implementation (one call per op per view) is kept in ``tests/augment_reference.py``
+and the outputs are compared bit for bit.
 
 Agreement with the PIL reference: the magnitude tables and the lookup-table ops (Equalize,
 Posterize, Solarize) match exactly, and Cutout paints the same square for the same draw; the
@@ -16,8 +31,10 @@ pixel one pixel away at exact ties (see :func:`_affine`).
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -66,44 +83,36 @@ def _rand(generator: torch.Generator, *shape: int) -> Tensor:
     return torch.rand(shape, generator=generator, device=generator.device)
 
 
-# ----------------------------------------------------------------------------- weak
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """Move to ``device``; host tensors go to CUDA through pinned memory without blocking.
+
+    A plain ``.to("cuda")`` of pageable memory synchronises the stream, which would stall the
+    host once per step; the pinned copy is ordered on the stream instead."""
+    if tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
-def _reflect(index: Tensor, size: int) -> Tensor:
-    """Map indices in ``[-size + 1, 2 size - 2]`` into the image as reflect padding does."""
-    index = index.abs()
-    return torch.where(index >= size, 2 * (size - 1) - index, index)
+class _Upload:
+    """Host-made int64 arrays that reach the device as one (pinned, non-blocking) copy."""
+
+    def __init__(self) -> None:
+        self.arrays: list[np.ndarray] = []
+
+    def add(self, array: np.ndarray) -> int:
+        self.arrays.append(np.asarray(array, dtype=np.int64).reshape(-1))
+        return len(self.arrays) - 1
+
+    def send(self, device: torch.device) -> list[Tensor]:
+        if not self.arrays:
+            return []
+        joined = to_device(torch.from_numpy(np.concatenate(self.arrays)), device)
+        return list(joined.split([len(a) for a in self.arrays]))
 
 
-def _gather_pixels(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """``out[i, :, y, x] = x[i, :, rows[i, y, x], cols[i, y, x]]`` as one flat gather."""
-    n, c, h, w = x.shape
-    flat = rows * w + cols
-    index = flat.reshape(n, 1, -1).expand(n, c, -1)
-    return x.reshape(n, c, h * w).gather(2, index).view(n, c, *flat.shape[1:])
-
-
-def weak_augment(x: Tensor, generator: torch.Generator, hflip: bool,
-                 pad_fraction: float = 0.125) -> Tensor:
-    """Random horizontal flip (p=0.5) then reflect-pad and random crop back to ``H x W``.
-
-    Padding is never materialised: each output pixel's reflected source index is computed and
-    read with a single gather (flip folded into the column index), ~4x cheaper than ``F.pad``.
-    """
-    _check(x)
-    n, _, h, w = x.shape
-    pad = max(1, int(pad_fraction * h))
-    flip = _rand(generator, n) < 0.5 if hflip else torch.zeros(n, dtype=torch.bool,
-                                                                 device=x.device)
-    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator, device=generator.device)
-    offsets = offsets.to(x.device) - pad
-    rows = _reflect(offsets[:, :1] + torch.arange(h, device=x.device), h)  # (n, h)
-    cols = _reflect(offsets[:, 1:] + torch.arange(w, device=x.device), w)  # (n, w)
-    cols = torch.where(flip.to(x.device)[:, None], w - 1 - cols, cols)
-    return _gather_pixels(x, rows[:, :, None], cols[:, None, :])
-
-
-# ----------------------------------------------------------------------------- strong: plan
+# ----------------------------------------------------------------------------- draws
 
 
 def sample_strong_plan(n: int, generator: torch.Generator, n_ops: int = 2,
@@ -116,104 +125,172 @@ def sample_strong_plan(n: int, generator: torch.Generator, n_ops: int = 2,
     return ops, magnitudes, apply
 
 
-# ----------------------------------------------------------------------------- strong: ops
-# Every op maps a group (g, C, H, W) plus per-image op ids, magnitudes and signs to new images.
+class _Draws:
+    """Every random number of a step's views, drawn view by view in the order a loop of
+    :func:`weak_augment` then (strong views) :func:`strong_augment` calls draws them:
 
-OpFn = Callable[[Tensor, Tensor, Tensor, Tensor, float], Tensor]
+    - weak: flip uniforms ``(n, 1)`` (flip where < 0.5; only with ``hflip``), crop offsets
+      ``(n, 2)`` in ``0..2 pad`` (rows ``(y, x)``);
+    - strong: the op plan (:func:`sample_strong_plan`: op ids, magnitudes, apply uniforms), from
+      ``plan_generator`` when given, then sign uniforms ``(n, n_ops)`` (a geometric op's sign is
+      -1 where < 0.5) and Cutout centres ``(n, 2)`` (``(y, x)`` in ``[0, 1)``).
+
+    The same calls with the same sizes consume the same random numbers, so the views are the
+    loop's; the numbers go straight into buffers for all views (device buffers for pixel-level
+    draws, numpy for the plan of a CPU plan generator), with no concatenation afterwards."""
+
+    def __init__(self, sizes: Sequence[int], strong: Sequence[bool], generator: torch.Generator,
+                 plan_generator: torch.Generator | None, hflip: bool, pad: int | None,
+                 n_ops: int, prob: float) -> None:
+        """``pad=None``: strong draws only (``strong_augment`` alone draws no weak numbers)."""
+        device = generator.device
+        total, n_strong = sum(sizes), sum(n for n, s in zip(sizes, strong, strict=True) if s)
+        weak = pad is not None
+        self.flip = torch.empty(total, 1, device=device) if hflip and weak else None
+        self.offsets = torch.empty(total, 2, dtype=torch.long, device=device) if weak else None
+        self.signs = torch.empty(n_strong, n_ops, device=device)
+        self.centres = torch.empty(n_strong, 2, device=device)
+        self.ops = np.empty((n_strong, n_ops), dtype=np.int64)
+        self.magnitudes = np.empty((n_strong, n_ops), dtype=np.int64)
+        uniforms = np.empty((n_strong, n_ops), dtype=np.float32)
+        planner = plan_generator or generator
+        strong_sizes = [n for n, s in zip(sizes, strong, strict=True) if s]
+        flips = iter(self.flip.split(sizes) if self.flip is not None else ())
+        offsets = iter(self.offsets.split(sizes) if self.offsets is not None else ())
+        signs, centres = iter(self.signs.split(strong_sizes)), iter(self.centres.split(strong_sizes))
+        strong_row = 0
+        for n, is_strong in zip(sizes, strong, strict=True):
+            if self.flip is not None:
+                next(flips).uniform_(generator=generator)
+            if self.offsets is not None:
+                next(offsets).random_(0, 2 * pad + 1, generator=generator)
+            if not is_strong:
+                continue
+            rows = slice(strong_row, strong_row + n)
+            if planner.device.type == "cpu":  # written straight into numpy memory
+                torch.from_numpy(self.ops[rows]).random_(0, len(OP_NAMES), generator=planner)
+                torch.from_numpy(self.magnitudes[rows]).random_(1, PARAMETER_MAX,
+                                                                generator=planner)
+                torch.from_numpy(uniforms[rows]).uniform_(generator=planner)
+            else:  # a device plan is read back: one sync (pass a CPU plan_generator to avoid it)
+                ops = torch.randint(0, len(OP_NAMES), (n, n_ops), generator=planner,
+                                    device=planner.device)
+                mags = torch.randint(1, PARAMETER_MAX, (n, n_ops), generator=planner,
+                                     device=planner.device)
+                self.ops[rows], self.magnitudes[rows] = ops.cpu().numpy(), mags.cpu().numpy()
+                uniforms[rows] = _rand(planner, n, n_ops).cpu().numpy()
+            next(signs).uniform_(generator=generator)
+            next(centres).uniform_(generator=generator)
+            strong_row += n
+        self.apply = uniforms < np.float32(prob)  # torch compares in float32 too
+
+
+# ----------------------------------------------------------------------------- weak
+
+
+def _reflect(index: Tensor, size: int) -> Tensor:
+    """Map indices in ``[-size + 1, 2 size - 2]`` into the image as reflect padding does."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
+
+
+def _pad(h: int, pad_fraction: float) -> int:
+    return max(1, int(pad_fraction * h))
+
+
+WEAK_MAPS_MAX_BYTES = 32 << 20
+"""Largest table of whole-image pixel maps :func:`_weak_pixels` keeps (32 px: 1.3 MB)."""
+
+
+@dataclass(frozen=True)
+class _WeakTables:
+    """Source pixel of every output row/column for each crop offset (and flip), made once."""
+
+    rows: Tensor  # (2 pad + 1, h): source row * w for vertical offset o
+    cols: Tensor  # (2 (2 pad + 1), w): source column for flip * (2 pad + 1) + horizontal offset
+    maps: Tensor | None  # (rows x cols keys, h w): whole-image maps, when small enough
+    key: Tensor  # (1, 2): key of (vertical, horizontal) offset in ``maps``
+    half: Tensor  # 0.5, the flip threshold
+    level: Tensor  # 255.0
+    span: Tensor  # 2 pad + 1 (int64): key offset of the flipped columns
+
+
+@functools.lru_cache(maxsize=16)
+def _weak_tables(device: torch.device, h: int, w: int, pad: int) -> _WeakTables:
+    span = 2 * pad + 1
+    offsets = torch.arange(-pad, pad + 1, device=device)[:, None]
+    rows = _reflect(offsets + torch.arange(h, device=device), h) * w
+    cols = _reflect(offsets + torch.arange(w, device=device), w)
+    cols = torch.cat([cols, w - 1 - cols])
+    maps = None
+    if span * 2 * span * h * w * 8 <= WEAK_MAPS_MAX_BYTES:
+        maps = (rows[:, None, :, None] + cols[None, :, None, :]).reshape(span * 2 * span, h * w)
+    return _WeakTables(
+        rows=rows, cols=cols, maps=maps,
+        key=torch.tensor([[2 * span, 1]], device=device),
+        half=torch.tensor(0.5, device=device), level=torch.tensor(255.0, device=device),
+        span=torch.tensor(span, device=device),
+    )
+
+
+def _weak_pixels(flip: Tensor | None, offsets: Tensor, t: _WeakTables) -> Tensor:
+    """``(n, 1, h w)`` flat source pixel of each output pixel: reflect-padded crop, flipped.
+
+    One row of the table of whole-image maps per image when the table is small (it is at the
+    usual sizes); row and column tables added up otherwise."""
+    n = len(offsets)
+    if t.maps is not None:
+        key = (offsets * t.key).sum(1, keepdim=True)  # (n, 1)
+        if flip is not None:
+            key = torch.where(flip < t.half, key + t.span, key)
+        return t.maps[key]
+    column_key = offsets[:, 1:]
+    if flip is not None:
+        column_key = torch.where(flip < t.half, column_key + t.span, column_key)
+    rows = t.rows[offsets[:, 0]]
+    cols = t.cols[column_key.view(n)]
+    return (rows.unsqueeze(2) + cols.unsqueeze(1)).view(n, 1, -1)
+
+
+def weak_augment(x: Tensor, generator: torch.Generator, hflip: bool,
+                 pad_fraction: float = 0.125) -> Tensor:
+    """Random horizontal flip (p=0.5) then reflect-pad and random crop back to ``H x W``.
+
+    Padding is never materialised: each output pixel's reflected source pixel comes from a
+    per-offset table and the image is read with one gather."""
+    _check(x)
+    n, c, h, w = x.shape
+    pad = _pad(h, pad_fraction)
+    draws = _Draws([n], [False], generator, None, hflip, pad, 0, 0.0)
+    t = _weak_tables(x.device, h, w, pad)
+    flip = None if draws.flip is None else to_device(draws.flip, x.device)
+    pixels = _weak_pixels(flip, to_device(draws.offsets, x.device), t)
+    index = pixels.expand(n, c, h * w)
+    return x.reshape(n, c, h * w).gather(2, index).view(n, c, h, w)
+
+
+# ----------------------------------------------------------------------------- strong: tables
+# Op families, in the order a round lays its batch out (untouched images last).
+_F_AFFINE, _F_AUTOCONTRAST, _F_BRIGHTNESS, _F_COLOR, _F_CONTRAST, _F_SHARPNESS = range(6)
+_F_POSTERIZE, _F_EQUALIZE, _F_SOLARIZE, _F_UNTOUCHED = range(6, 10)
+_FAMILY_OF = {
+    "AutoContrast": _F_AUTOCONTRAST, "Brightness": _F_BRIGHTNESS, "Color": _F_COLOR,
+    "Contrast": _F_CONTRAST, "Equalize": _F_EQUALIZE, "Identity": _F_UNTOUCHED,
+    "Posterize": _F_POSTERIZE, "Sharpness": _F_SHARPNESS, "Solarize": _F_SOLARIZE,
+}
+_FAMILY = np.array([_FAMILY_OF.get(name, _F_AFFINE) for name in OP_NAMES])
+_GEOMETRIC_KIND = np.zeros(len(OP_NAMES), dtype=np.int64)
+_GEOMETRIC_KIND[list(_GEOMETRIC)] = np.arange(len(_GEOMETRIC))
 
 
 def _lookup(table: Sequence[float], index: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.tensor(table, dtype=dtype, device=index.device)[index]
 
 
-def _per_image(values: Tensor) -> Tensor:
-    return values.view(-1, 1, 1, 1)
-
-
-def _levels(x: Tensor) -> Tensor:
-    """The uint8 level of each pixel (as int64), the domain PIL's lookup-table ops work in."""
-    return (x * 255).round_().clamp_(0, 255).long()
-
-
-def _gray(x: Tensor) -> Tensor:
-    if x.shape[1] == 1:
-        return x
-    weights = torch.tensor(_GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * weights).sum(1, keepdim=True)
-
-
-def _blend(degenerate: Tensor, x: Tensor, mag: Tensor) -> Tensor:
-    """PIL ``ImageEnhance``: ``degenerate + factor * (x - degenerate)``, clipped."""
-    factor = _per_image(_lookup(_ENHANCE, mag, x.dtype))
-    return (degenerate + factor * (x - degenerate)).clamp_(0, 1)
-
-
-def _identity(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
-    return x
-
-
-def _autocontrast(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
-    """Stretch each channel to ``[0, 1]``; constant channels are left alone (as PIL does)."""
-    lo, hi = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
-    spread = hi > lo
-    scale = torch.where(spread, 1 / (hi - lo).clamp_min(1e-12), torch.ones_like(hi))
-    return ((x - torch.where(spread, lo, torch.zeros_like(lo))) * scale).clamp_(0, 1)
-
-
-def _brightness(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
-    return _blend(torch.zeros_like(x), x, mag)
-
-
-def _color(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
-    return x if x.shape[1] == 1 else _blend(_gray(x).expand_as(x), x, mag)
-
-
-def _contrast(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
-    """Blend with the image's mean grey level, rounded to a uint8 level like PIL."""
-    mean = (_gray(x).mean((1, 2, 3), keepdim=True) * 255 + 0.5).floor_() / 255
-    return _blend(mean.expand_as(x), x, mag)
-
-
-def _sharpness(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
-    """Blend with PIL's SMOOTH filter (3x3, centre 5, /13), which leaves the border pixels."""
-    c = x.shape[1]
-    kernel = torch.ones(c, 1, 3, 3, dtype=x.dtype, device=x.device)
-    kernel[:, :, 1, 1] = 5
-    degenerate = x.clone()
-    degenerate[:, :, 1:-1, 1:-1] = F.conv2d(x, kernel / 13, groups=c)
-    return _blend(degenerate, x, mag)
-
-
-def _equalize(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
-    """PIL's per-channel histogram equalisation, exactly; all histograms from one ``bincount``
-    (integer counts, so the same on every device and in any order)."""
-    n, c, h, w = x.shape
-    levels = _levels(x).view(n * c, h * w)
-    planes = torch.arange(n * c, device=x.device).view(-1, 1) * 256
-    hist = torch.bincount((levels + planes).view(-1), minlength=n * c * 256).view(n * c, 256)
-    top_count = hist.gather(1, levels.amax(1, keepdim=True))  # count of the highest level used
-    step = (h * w - top_count) // 255
-    lut = (step // 2 + hist.cumsum(1) - hist) // step.clamp_min(1)
-    identity = torch.arange(256, device=x.device).expand_as(lut)
-    lut = torch.where(step > 0, lut.clamp_max(255), identity)
-    return (lut.gather(1, levels).to(x.dtype) / 255).view_as(x)
-
-
-def _posterize(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
-    shift = _per_image(8 - _lookup(_POSTERIZE_BITS, mag, torch.long))
-    return ((_levels(x) >> shift) << shift).to(x.dtype) / 255
-
-
-def _solarize(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
-    threshold = _per_image(_lookup(_SOLARIZE, mag, torch.long))
-    return torch.where(_levels(x) >= threshold, 1 - x, x)
-
-
-def _pixel_affine(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor) -> list[Tensor]:
+def _pixel_affine(op: Tensor, mag: Tensor, sign: Tensor, h: int, w: int) -> list[Tensor]:
     """PIL-style inverse maps ``(a, b, c, d, e, f)``: output ``(u, v)`` reads input
     ``(a u + b v + c, d u + e v + f)`` in continuous pixel coordinates (pixel centres at +0.5).
     Rotation is about the image centre, shear about the top-left corner, as in PIL."""
-    h, w = x.shape[-2:]
     dtype = torch.float64  # PIL maps coordinates in double; floor() must see the same values
     sign = sign.to(dtype)
     is_rot = op == _OP["Rotate"]
@@ -235,12 +312,196 @@ def _pixel_affine(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor) -> list[Tens
     return [a, b, c, d, e, f]
 
 
-def _affine(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
+@dataclass(frozen=True)
+class _StrongTables:
+    """Everything constant a strong view needs at one (device, dtype, C, H, W, fill, Cutout
+    side), made once: per-magnitude tables, the affine map of every (geometric op, magnitude,
+    sign), pixel grids, and 0-dim constants (a Python number in an op costs extra operators)."""
+
+    affine: Tensor  # (5 * 10 * 2, 6) float64, row (kind * 10 + magnitude) * 2 + (sign < 0)
+    basis: Tensor  # (1, 1, 3, h w) float64: pixel centre x = u + 0.5, y = v + 0.5, and 1
+    last: Tensor  # (1, 2, 1, 1) float64: (w - 1, h - 1), the last column and row
+    stride: Tensor  # (1, 2, 1, 1) float64: (1, w), flat index of (x, y)
+    enhance: Tensor  # (10,) blend factor per magnitude
+    posterize: Tensor  # (10, 256) Posterize lookup table per magnitude, already / 255
+    solarize: Tensor  # (10,) int64 threshold per magnitude
+    gray: Tensor | None  # (1, 3, 1, 1) luma weights
+    smooth: Tensor  # (c, 1, 3, 3) PIL's SMOOTH kernel / 13
+    interior: Tensor  # (1, 1, h, w) bool: pixels the SMOOTH filter changes
+    identity: Tensor  # (1, 256) int64 levels
+    ones: Tensor  # (1, h w) int64, histogram increments
+    pixels_yx: Tensor  # (1, 2, h w) float32: row and column of each flat pixel
+    zero: Tensor
+    one: Tensor
+    half: Tensor  # float32 (the uniforms' dtype)
+    level: Tensor  # 255.0
+    area: Tensor  # h * w (float, the grey mean's divisor)
+    fill: Tensor
+    zero64: Tensor
+    hw: Tensor  # (2,) float32: (h, w), for Cutout
+    half_side: Tensor  # float32 Cutout side / 2
+    side: Tensor  # float32 Cutout side
+    long_zero: Tensor
+    long_one: Tensor
+    long_two: Tensor
+    long_level: Tensor  # 255
+    long_area: Tensor  # h * w
+    color: Tensor  # the family ids, as int64
+    contrast: Tensor
+    sharpness: Tensor
+
+
+@functools.lru_cache(maxsize=16)
+def _strong_tables(device: torch.device, dtype: torch.dtype, c: int, h: int, w: int,
+                   fill: float, side: int) -> _StrongTables:
+    def const(value, kind=dtype) -> Tensor:
+        return torch.tensor(value, dtype=kind, device=device)
+
+    kinds, mags, negative = (g.reshape(-1) for g in torch.meshgrid(
+        torch.arange(len(_GEOMETRIC)), torch.arange(PARAMETER_MAX), torch.arange(2),
+        indexing="ij"))
+    op = torch.tensor(_GEOMETRIC)[kinds]
+    affine = torch.stack(_pixel_affine(op, mags, torch.where(negative > 0, -1, 1), h, w), 1)
+    u = torch.arange(w, dtype=torch.float64).add_(0.5).view(1, w).expand(h, w)
+    v = torch.arange(h, dtype=torch.float64).add_(0.5).view(h, 1).expand(h, w)
+    levels = torch.arange(256)
+    shifts = 8 - torch.tensor(_POSTERIZE_BITS).view(-1, 1)
+    kernel = torch.ones(c, 1, 3, 3, dtype=dtype)
+    kernel[:, :, 1, 1] = 5
+    interior = torch.zeros(1, 1, h, w, dtype=torch.bool)
+    interior[..., 1:-1, 1:-1] = True
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    float64 = torch.float64
+    return _StrongTables(
+        affine=affine.to(device),
+        basis=torch.stack([u, v, torch.ones(h, w, dtype=float64)]).view(1, 1, 3, h * w).to(device),
+        last=torch.tensor([w - 1, h - 1], dtype=float64, device=device).view(1, 2, 1, 1),
+        stride=torch.tensor([1, w], dtype=float64, device=device).view(1, 2, 1, 1),
+        enhance=torch.tensor(_ENHANCE, dtype=dtype, device=device),
+        posterize=(((levels >> shifts) << shifts).to(dtype) / 255).to(device),
+        solarize=torch.tensor(_SOLARIZE, device=device),
+        gray=(torch.tensor(_GRAY_WEIGHTS, dtype=dtype, device=device).view(1, 3, 1, 1)
+              if c == 3 else None),
+        smooth=(kernel / 13).to(device),
+        interior=interior.to(device),
+        identity=levels.view(1, 256).to(device),
+        ones=torch.ones(1, h * w, dtype=torch.long, device=device),
+        pixels_yx=torch.stack([rows, cols]).view(1, 2, h * w).to(torch.float32).to(device),
+        zero=const(0), one=const(1), half=const(0.5, torch.float32), level=const(255),
+        area=const(h * w), fill=const(fill), zero64=const(0, float64),
+        hw=torch.tensor([h, w], dtype=torch.float32, device=device),
+        half_side=const(side / 2, torch.float32), side=const(side, torch.float32),
+        long_zero=const(0, torch.long), long_one=const(1, torch.long),
+        long_two=const(2, torch.long), long_level=const(255, torch.long),
+        long_area=const(h * w, torch.long),
+        color=const(_F_COLOR, torch.long), contrast=const(_F_CONTRAST, torch.long),
+        sharpness=const(_F_SHARPNESS, torch.long),
+    )
+
+
+# ----------------------------------------------------------------------------- strong: host plan
+
+
+@dataclass
+class _Round:
+    """One RandAugment round as the host laid it out: family sizes and upload slots."""
+
+    sizes: list[int]  # rows of: affine, autocontrast, blends, level ops, untouched
+    blend_counts: list[int]  # Brightness, Color, Contrast, Sharpness
+    level_sizes: list[int]  # Posterize, Equalize, Solarize
+    gather: int | None  # rows of the current batch in this round's order (None: unchanged)
+    blend: int | None  # magnitudes of the blend rows
+    blend_kind: int | None  # family of each blend row
+    solo: list[int]
+    """Blend rows (grey images only) to filter for Sharpness alone: the only Sharpness image of
+    its view in this round. A depthwise convolution of a single grey image rounds differently
+    (by one float ulp) from a batched one, and the previous implementation filtered each view's
+    Sharpness images as one batch; this keeps the views bit-identical to it."""
+    posterize: int | None  # magnitude of each (Posterize or Equalize row, channel)
+    solarize: int | None  # magnitude of each (level row, channel); 0 (threshold 256) if not Solarize
+
+
+class _StrongPlan:
+    """Which rows every round reads, in which order, with which parameters: all from the host
+    plan, in numpy, registered with one :class:`_Upload` (no device value is ever read back).
+
+    In each round images are sorted (stably) by op family, so every family is one contiguous
+    slice; the batch stays in that order for the next round, whose gather indices are composed
+    with it, and one final gather restores natural order."""
+
+    def __init__(self, ops: np.ndarray, mags: np.ndarray, apply: np.ndarray, channels: int,
+                 upload: _Upload, views: Sequence[int] | None = None) -> None:
+        """``views``: the sizes of the views whose rows ``ops`` holds, in order (default: one)."""
+        n, n_ops = ops.shape
+        view_of = np.repeat(np.arange(len(views or [n])), views or [n])
+        family = _FAMILY[ops]
+        if channels == 1:  # Color is the identity on grey images
+            family = np.where(ops == _OP["Color"], _F_UNTOUCHED, family)
+        family = np.where(apply, family, _F_UNTOUCHED)
+        self.rounds: list[_Round] = []
+        affine_rows = []  # (image, round) of each geometric op, round by round in round order
+        position = np.arange(n)  # row of image i in the current batch
+        for r in range(n_ops):
+            order = np.argsort(family[:, r], kind="stable")
+            count = np.bincount(family[:, r], minlength=_F_UNTOUCHED + 1)
+            start = np.concatenate([[0], np.cumsum(count)])
+            kind, mag = family[order, r], mags[order, r]
+            gather = position[order]
+            unchanged = count[_F_UNTOUCHED] == n and np.array_equal(gather, np.arange(n))
+            blends = slice(start[_F_BRIGHTNESS], start[_F_POSTERIZE])
+            levels = slice(start[_F_POSTERIZE], start[_F_UNTOUCHED])
+
+            def slot(rows: slice, values: np.ndarray) -> int | None:
+                return upload.add(values) if rows.stop > rows.start else None
+
+            sharp = order[start[_F_SHARPNESS]:start[_F_POSTERIZE]]
+            alone = np.bincount(view_of[sharp], minlength=view_of[-1] + 1)[view_of[sharp]] == 1
+            solo = [] if channels != 1 or blends.stop - blends.start == 1 else [
+                int(start[_F_SHARPNESS] - start[_F_BRIGHTNESS] + i) for i in np.flatnonzero(alone)]
+            self.rounds.append(_Round(
+                sizes=[int(v) for v in (count[_F_AFFINE], count[_F_AUTOCONTRAST],
+                                        blends.stop - blends.start,
+                                        count[_F_POSTERIZE:_F_SOLARIZE + 1].sum(),
+                                        count[_F_UNTOUCHED])],
+                blend_counts=[int(count[f]) for f in range(_F_BRIGHTNESS, _F_SHARPNESS + 1)],
+                level_sizes=[int(count[f]) for f in (_F_POSTERIZE, _F_EQUALIZE, _F_SOLARIZE)],
+                gather=None if unchanged else upload.add(gather),
+                blend=slot(blends, mag[blends]),
+                blend_kind=slot(blends, kind[blends]),
+                solo=solo,
+                posterize=slot(slice(start[_F_POSTERIZE], start[_F_EQUALIZE]),
+                               np.repeat(mag[start[_F_POSTERIZE]:start[_F_SOLARIZE]], channels)),
+                solarize=slot(slice(start[_F_SOLARIZE], start[_F_UNTOUCHED]), np.repeat(np.where(
+                    kind[levels] == _F_SOLARIZE, mag[levels], 0), channels)),  # 0: 256, no-op
+            ))
+            affine_rows.append(order[: count[_F_AFFINE]] * n_ops + r)
+            position = np.empty(n, dtype=np.int64)
+            position[order] = np.arange(n)
+        self.affine_sizes = [len(rows) for rows in affine_rows]  # per round
+        self.affine: tuple[int, int] | None = None
+        """Upload slots: sign positions and affine-table rows (sign aside) of the geometric ops
+        of all rounds, in round order."""
+        if sum(self.affine_sizes):
+            rows = np.concatenate(affine_rows)
+            base = (_GEOMETRIC_KIND[ops] * PARAMETER_MAX + mags).reshape(-1)[rows] * 2
+            self.affine = (upload.add(rows), upload.add(base))
+        self.final = None if np.array_equal(position, np.arange(n)) else upload.add(position)
+        """Row of image ``i`` in the last round's batch (None: already natural order)."""
+
+
+# ----------------------------------------------------------------------------- strong: ops
+# Each family reads its contiguous slice (g, C, H, W) of the round's batch (a fresh tensor) and
+# writes its result back into that slice with its last operator (``out=``): no concatenation.
+
+
+def _affine(x: Tensor, coefficients: Tensor, t: _StrongTables) -> None:
     """Rotate/ShearX/ShearY/TranslateX/TranslateY as one nearest-neighbour resampling.
 
-    Equivalent to ``affine_grid`` + nearest ``grid_sample`` with per-image matrices, but the source
-    index is ``floor`` of the mapped pixel centre, the rule PIL uses (grid_sample rounds half to
-    even), and one flat gather is about twice as fast on CPU. Outside pixels get ``fill``.
+    ``coefficients`` (g, 6) are each image's PIL map ``(a, b, c, d, e, f)`` (see
+    :func:`_pixel_affine`): output pixel centre ``(u, v)`` reads the input pixel containing
+    ``(a u + b v + c, d u + e v + f)``, i.e. the source index is ``floor`` of the mapped centre, the
+    rule PIL uses (``grid_sample`` rounds half to even instead), read with one gather. Outside
+    pixels get the fill.
 
     Not bit-exact with PIL: PIL walks each row by adding the matrix step to a running coordinate,
     while this evaluates ``a u + b v + c`` directly, so when a mapped centre lands exactly on a
@@ -248,78 +509,175 @@ def _affine(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Te
     at v=4 (shear 0.12, rotation 12 degrees) about 3% (shear) and 0.1% (rotate) of the pixels
     read a source one pixel over. The tests check exact agreement at v = 1, 5, 9 and at most a
     1-pixel offset at every magnitude."""
-    n, c, h, w = x.shape
-    a, b, tx, d, e, ty = (t.view(n, 1, 1) for t in _pixel_affine(x, op, mag, sign))
-    u = torch.arange(w, device=x.device, dtype=a.dtype).add_(0.5).view(1, 1, w)
-    v = torch.arange(h, device=x.device, dtype=a.dtype).add_(0.5).view(1, h, 1)
-    src_x = (a * u + b * v + tx).floor_().long()
-    src_y = (d * u + e * v + ty).floor_().long()
-    inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
-    # outside pixels read an extra "fill" pixel appended after the last one
-    flat = torch.where(inside, src_y * w + src_x, h * w).view(n, 1, h * w).expand(n, c, h * w)
-    source = torch.cat([x.reshape(n, c, h * w), x.new_full((n, c, 1), fill)], 2)
-    return source.gather(2, flat).view(n, c, h, w)
+    g, c, h, w = x.shape
+    # (g, 2, 3, h w) products summed over the 3 terms: (a u + b v) + c, in that order
+    source = (coefficients.view(g, 2, 3, 1) * t.basis).sum(2, keepdim=True).floor_()
+    # source: (g, 2, 1, h w), the (x, y) pixel each output pixel reads
+    # inside the image: 0 <= x <= w - 1 and 0 <= y <= h - 1 (integers, so exact)
+    inside = torch.minimum(source, t.last - source).amin(1, keepdim=True) >= t.zero64
+    flat = torch.where(inside, (source * t.stride).sum(1, keepdim=True), t.zero64)
+    index = torch.empty(flat.shape, dtype=torch.long, device=x.device).copy_(flat)
+    x = x.view(g, c, 1, h * w)
+    torch.where(inside, x.gather(3, index.expand(g, c, 1, h * w)), t.fill, out=x)
 
 
-_OPS: dict[int, OpFn] = {
-    _OP["AutoContrast"]: _autocontrast, _OP["Brightness"]: _brightness, _OP["Color"]: _color,
-    _OP["Contrast"]: _contrast, _OP["Equalize"]: _equalize, _OP["Identity"]: _identity,
-    _OP["Posterize"]: _posterize, _OP["Sharpness"]: _sharpness, _OP["Solarize"]: _solarize,
-    **{i: _affine for i in _GEOMETRIC},
-}
+def _autocontrast(x: Tensor, t: _StrongTables) -> None:
+    """Stretch each channel to ``[0, 1]``; constant channels are left alone (as PIL does)."""
+    g, c, h, w = x.shape
+    x = x.view(g, c, h * w)
+    lo, hi = x.aminmax(dim=2, keepdim=True)
+    spread = hi > lo
+    scale = torch.where(spread, (hi - lo).clamp_min_(1e-12).reciprocal_(), t.one)
+    torch.clamp((x - torch.where(spread, lo, t.zero)) * scale, t.zero, t.one, out=x)
 
 
-def _apply_op(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
-    """Apply op ``op[i]`` to image ``i`` (all ops in one call must share a function)."""
-    return _OPS[int(op[0])](x, op, mag, sign, fill)
+def _blends(x: Tensor, rnd: _Round, parts: list[Tensor], t: _StrongTables) -> None:
+    """PIL ``ImageEnhance`` for Brightness, Color, Contrast and Sharpness rows (in that order),
+    as one blend ``degenerate + factor * (x - degenerate)``, clipped, against a per-row
+    degenerate image picked with ``where`` (exact): black; grey; the mean grey level rounded to
+    a uint8 level like PIL; PIL's SMOOTH filter (3x3, centre 5, / 13), which leaves the border
+    pixels."""
+    g, c, h, w = x.shape
+    n_brightness, n_color, n_contrast, n_sharpness = rnd.blend_counts
+    kind = parts[rnd.blend_kind].view(g, 1, 1, 1)
+    base = t.zero  # Brightness: black
+    if n_color or n_contrast:
+        grey = (x * t.gray).sum(1, keepdim=True) if t.gray is not None else x
+        if n_color:
+            base = torch.where(kind == t.color, grey, base)
+        if n_contrast:
+            mean = grey.sum((1, 2, 3), keepdim=True) / t.area  # what mean() computes
+            level = (mean * t.level + t.half).floor_() / t.level
+            base = torch.where(kind == t.contrast, level, base)
+    if n_sharpness:
+        smooth = torch.where(t.interior, F.conv2d(x, t.smooth, padding=1, groups=c), x)
+        for i in rnd.solo:  # see _Round.solo
+            one = x[i:i + 1]
+            smooth[i:i + 1] = torch.where(t.interior, F.conv2d(one, t.smooth, padding=1), one)
+        base = smooth if n_sharpness == g else torch.where(kind == t.sharpness, smooth, base)
+    factor = t.enhance.index_select(0, parts[rnd.blend]).view(g, 1, 1, 1)
+    torch.clamp(base + factor * (x - base), t.zero, t.one, out=x)
 
 
-def _apply_round(out: Tensor, op: Tensor, mag: Tensor, sign: Tensor, apply: Tensor,
-                 fill: float) -> None:
-    """One RandAugment round, in place: group images by op, one vectorised call per group.
+def _level_ops(x: Tensor, rnd: _Round, parts: list[Tensor], t: _StrongTables) -> None:
+    """Posterize, Equalize and Solarize rows (in that order) on their uint8 levels: Solarize
+    (``1 - x`` at and above the threshold, on the float values) as one ``where`` over all rows
+    (threshold 256, i.e. no change, on the others), then Posterize and Equalize rows as one
+    per-(image, channel) lookup-table gather."""
+    g, c, h, w = x.shape
+    n_posterize, n_equalize, n_solarize = rnd.level_sizes
+    planes = x.view(g * c, h * w)
+    rounded = (planes * t.level).round_().clamp_(t.zero, t.level)
+    levels = torch.empty(planes.shape, dtype=torch.long, device=x.device).copy_(rounded)
+    if n_solarize:
+        threshold = t.solarize.index_select(0, parts[rnd.solarize]).view(g * c, 1)
+        torch.where(levels >= threshold, t.one - planes, planes, out=planes)
+    tabled = (n_posterize + n_equalize) * c
+    if not tabled:
+        return
+    lv = levels[:tabled] if n_solarize else levels
+    if n_posterize:  # Posterize rows' tables, then placeholders that Equalize overwrites
+        table = t.posterize[parts[rnd.posterize]]
+    else:
+        table = torch.empty(tabled, 256, dtype=x.dtype, device=x.device)
+    if n_equalize:
+        if n_posterize:
+            _equalize_table(lv[n_posterize * c:], t, out=table[n_posterize * c:])
+        else:
+            _equalize_table(lv, t, out=table)
+    torch.gather(table, 1, lv, out=planes[:tabled] if n_solarize else planes)
 
-    Grouping runs where the plan lives (``op``'s device): from a host plan it costs no device
-    sync; from a device plan it costs one (the group sizes). The five geometric ops share a group
-    since one affine resampling serves all of them."""
-    key = torch.where(apply & (op != _OP["Identity"]), op, -1)
-    geometric = torch.isin(key, torch.tensor(_GEOMETRIC, device=key.device))
-    key = torch.where(geometric, _GEOMETRIC[0], key)
-    order = torch.argsort(key, stable=True)
-    counts = torch.bincount(key + 1, minlength=len(OP_NAMES) + 1).tolist()
-    device = out.device
-    for group_key, idx in zip(range(-1, len(OP_NAMES)), order.split(counts), strict=True):
-        if group_key < 0 or idx.numel() == 0:
-            continue
-        at = to_device(idx, device)
-        group = _OPS[group_key](out.index_select(0, at), to_device(op[idx], device),
-                                to_device(mag[idx], device), sign[at], fill)
-        out.index_copy_(0, at, group)
+
+def _equalize_table(levels: Tensor, t: _StrongTables, out: Tensor) -> None:
+    """PIL's per-channel histogram equalisation table, exactly, for ``levels`` (planes, h w):
+    all histograms from one ``scatter_add_`` (integer counts, the same on every device and in
+    any order), written to ``out`` as float levels / 255."""
+    planes, area = levels.shape
+    hist = torch.zeros(planes, 256, dtype=torch.long, device=levels.device)
+    hist.scatter_add_(1, levels, t.ones.expand(planes, area))
+    top_count = hist.gather(1, levels.amax(1, keepdim=True))  # count of the highest level used
+    step = torch.div(t.long_area - top_count, t.long_level, rounding_mode="floor")
+    start = torch.div(step, t.long_two, rounding_mode="floor") + hist.cumsum(1) - hist
+    lut = torch.div(start, step.clamp_min(t.long_one), rounding_mode="floor")
+    lut = torch.where(step > t.long_zero, lut.clamp_max(t.long_level), t.identity)
+    out.copy_(lut).div_(t.level)
 
 
-def _cutout(x: Tensor, centres: Tensor, fraction: float, fill: float) -> Tensor:
-    """kekmodel's ``CutoutAbs`` with ``v = int(fraction * min(H, W))``, in place.
+def _cutout_mask(centres: Tensor, t: _StrongTables) -> Tensor:
+    """``(n, 1, h w)``: kekmodel's ``CutoutAbs`` square of each image, ``v = side`` pixels.
 
     ``centres`` (rows ``(y, x)`` in ``[0, 1)``) are kekmodel's uniform draws over the image. The
     corner is ``int(max(0, centre * size - v / 2))`` and kekmodel paints a PIL rectangle from the
     corner to ``min(size, corner + v)`` with *both* ends included, so an unclipped square is
     ``(v + 1) x (v + 1)`` pixels (17 x 17 = 289 at 32 px, fraction 0.5); at the far border the
     square stops at the last row/column, at the near border it starts at 0 and keeps ``v + 1``.
-    (kekmodel hard-codes ``v = int(32 * 0.5)``; here ``v`` scales with the image size.)
+    (kekmodel hard-codes ``v = int(32 * 0.5)``; here ``v`` scales with the image size.)"""
+    corner = (centres * t.hw - t.half_side).clamp_min_(0).floor_()  # >= 0: floor is int()
+    offset = t.pixels_yx - corner.unsqueeze(2)  # (n, 2, h w): pixel row/col minus the corner's
+    # 0 <= offset <= side on both axes (small integers, so exact)
+    return torch.minimum(offset, t.side - offset).amin(1, keepdim=True) >= t.zero
 
-    Only the squares' pixels are written (``index_fill_``), not the whole batch."""
+
+def _cutout(x: Tensor, centres: Tensor, fraction: float, fill: float) -> Tensor:
+    """Cutout alone (``side = int(fraction * min(H, W))``), see :func:`_cutout_mask`."""
     n, c, h, w = x.shape
     side = int(fraction * min(h, w))
     if side <= 0:
         return x
-    start = (centres * torch.tensor([h, w], device=x.device) - side / 2).clamp_min_(0).long()
-    steps = torch.arange(side + 1, device=x.device)  # PIL's rectangle includes both ends
-    # clamping repeats the last in-image row/column, which lies inside the clipped square
-    rows = (start[:, :1] + steps).clamp_max_(h - 1)
-    cols = (start[:, 1:] + steps).clamp_max_(w - 1)
-    planes = torch.arange(n * c, device=x.device).view(n, c, 1) * (h * w)
-    flat = planes + (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, -1)
-    x.view(-1).index_fill_(0, flat.view(-1), fill)
-    return x
+    t = _strong_tables(x.device, x.dtype, c, h, w, fill, side)
+    mask = _cutout_mask(to_device(centres, x.device), t).view(n, 1, h, w)
+    return torch.where(mask, t.fill, x)
+
+
+def _strong_apply(x: Tensor, plan: _StrongPlan, parts: list[Tensor], signs: Tensor,
+                  centres: Tensor, cutout_fraction: float, fill: float,
+                  out: Tensor | None = None) -> Tensor:
+    """Run the rounds of ``plan`` on ``x`` (natural order), then Cutout, into ``out`` (which may
+    be ``x`` itself) or new images."""
+    n, c, h, w = x.shape
+    side = int(cutout_fraction * min(h, w))
+    t = _strong_tables(x.device, x.dtype, c, h, w, fill, max(side, 0))
+    coefficients: list[Tensor] = []
+    if plan.affine is not None:  # the maps of all geometric ops; the sign is a device draw
+        positions, base = (parts[i] for i in plan.affine)
+        negative = to_device(signs, x.device).view(-1).index_select(0, positions) < t.half
+        coefficients = list(t.affine[base + negative].split(plan.affine_sizes))
+    current = x
+    for r, rnd in enumerate(plan.rounds):
+        if rnd.gather is None:
+            continue
+        current = current[parts[rnd.gather]]  # a fresh tensor, which the families overwrite
+        affine, autocontrast, blends, levels, _ = current.split(rnd.sizes)
+        if len(affine):
+            _affine(affine, coefficients[r], t)
+        if len(autocontrast):
+            _autocontrast(autocontrast, t)
+        if rnd.blend is not None:
+            _blends(blends, rnd, parts, t)
+        if len(levels):
+            _level_ops(levels, rnd, parts, t)
+    if plan.final is not None:  # back to natural order: one gather
+        current = current[parts[plan.final]] if out is None else out.copy_(
+            current[parts[plan.final]])
+    elif out is not None:
+        current = out if current is out else out.copy_(current)
+    elif current is x:
+        current = x.clone(memory_format=torch.contiguous_format)
+    if side <= 0:
+        return current
+    mask = _cutout_mask(to_device(centres, x.device), t).view(n, 1, h, w)
+    return torch.where(mask, t.fill, current, out=current)
+
+
+def _apply_op(x: Tensor, op: Tensor, mag: Tensor, sign: Tensor, fill: float) -> Tensor:
+    """Apply op ``op[i]`` with magnitude ``mag[i]`` and sign ``sign[i]`` to image ``i``: one
+    RandAugment round of the training path with every op applied, and no Cutout."""
+    n = x.shape[0]
+    upload = _Upload()
+    plan = _StrongPlan(op.cpu().numpy().reshape(n, 1), mag.cpu().numpy().reshape(n, 1),
+                       np.ones((n, 1), dtype=bool), x.shape[1], upload)
+    signs = torch.where(sign < 0, 0.25, 0.75).float().view(n, 1)
+    return _strong_apply(x, plan, upload.send(x.device), signs, torch.zeros(n, 2), 0.0, fill)
 
 
 def strong_augment(x: Tensor, generator: torch.Generator, n_ops: int = 2, prob: float = 0.5,
@@ -330,32 +688,70 @@ def strong_augment(x: Tensor, generator: torch.Generator, n_ops: int = 2, prob: 
     ``fill`` (grey) is what Cutout paints and what geometric ops bring in from outside the image.
     All random numbers are drawn up front, so the result depends only on the generator state.
 
-    ``plan_generator`` (a CPU generator) samples the per-image op plan on the host: grouping the
-    batch by op then needs no device-to-host copy, so a CUDA step never waits for the GPU here.
-    Without it the plan comes from ``generator`` (one small sync per round on CUDA)."""
+    ``plan_generator`` (a CPU generator) samples the per-image op plan on the host: laying the
+    batch out by op then needs no device-to-host copy, so a CUDA step never waits for the GPU
+    here. Without it the plan comes from ``generator`` (one small sync on CUDA)."""
     _check(x)
-    n = x.shape[0]
-    ops, magnitudes, apply = sample_strong_plan(n, plan_generator or generator, n_ops, prob)
-    signs = to_device(torch.where(_rand(generator, n, n_ops) < 0.5, -1, 1), x.device)
-    centres = to_device(_rand(generator, n, 2), x.device)
-    out = x.clone(memory_format=torch.contiguous_format)
+    n, c = x.shape[:2]
+    draws = _Draws([n], [True], generator, plan_generator, False, None, n_ops, prob)
     if n == 0:
-        return out
-    for r in range(n_ops):
-        _apply_round(out, ops[:, r], magnitudes[:, r], signs[:, r], apply[:, r], fill)
-    return _cutout(out, centres, cutout_fraction, fill)
+        return x.clone(memory_format=torch.contiguous_format)
+    upload = _Upload()
+    plan = _StrongPlan(draws.ops, draws.magnitudes, draws.apply, c, upload)
+    return _strong_apply(x, plan, upload.send(x.device), draws.signs, draws.centres,
+                         cutout_fraction, fill)
 
 
-def to_device(tensor: Tensor, device: torch.device) -> Tensor:
-    """Move to ``device``; host tensors go to CUDA through pinned memory without blocking.
+def augment_views(images: Tensor, labeled_rows: np.ndarray, unlabeled_rows: np.ndarray | None,
+                  views: Sequence[str], generator: torch.Generator,
+                  plan_generator: torch.Generator | None, hflip: bool, pad_fraction: float = 0.125,
+                  n_ops: int = 2, prob: float = 0.5, cutout_fraction: float = 0.5,
+                  fill: float = 127 / 255) -> Tensor:
+    """All views of a training step, float in ``[0, 1]``, concatenated in ``views`` order
+    (natural order: lw, uw, ls, us): the weak view of every view, with RandAugment + Cutout on
+    top for the strong ones (``ls``, ``us``).
 
-    A plain ``.to("cuda")`` of pageable memory synchronises the stream, which would stall the
-    host once per step; the pinned copy is ordered on the stream instead."""
-    if tensor.device == device:
-        return tensor
-    if tensor.device.type == "cpu" and device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+    ``images`` (uint8 or float, on the training device) holds the step's images or a whole
+    image store; ``labeled_rows`` / ``unlabeled_rows`` (host integer arrays) say which of its
+    rows the labeled and unlabeled images of the step are, so the images are read straight from
+    the store by the weak view's gather.
+
+    The random numbers are the very draws of calling :func:`weak_augment` then (strong views)
+    :func:`strong_augment` view by view, in the same order, so the views are that loop's; the
+    work is batched across views: one host-to-device copy of everything the host planned, one
+    gather for every weak view, one set of RandAugment rounds for all strong rows."""
+    c, h, w = images.shape[1:]
+    if c not in (1, 3):
+        raise ValueError(f"expected 1 or 3 channels, got {tuple(images.shape)}")
+    strong = [view.endswith("s") for view in views]
+    if sorted(strong) != strong:
+        raise ValueError(f"strong views must come last (natural order), got {tuple(views)}")
+    rows = [np.asarray(labeled_rows if view.startswith("l") else unlabeled_rows)
+            for view in views]
+    pad = _pad(h, pad_fraction)
+    draws = _Draws([len(r) for r in rows], strong, generator, plan_generator, hflip, pad, n_ops,
+                   prob)
+    upload = _Upload()
+    sources = upload.add(np.concatenate(rows))
+    n_strong = len(draws.ops)
+    strong_sizes = [len(r) for r, s in zip(rows, strong, strict=True) if s]
+    plan = (_StrongPlan(draws.ops, draws.magnitudes, draws.apply, c, upload, strong_sizes)
+            if n_strong else None)
+    parts = upload.send(images.device)
+    t = _weak_tables(images.device, h, w, pad)
+    flip = None if draws.flip is None else to_device(draws.flip, images.device)
+    pixels = _weak_pixels(flip, to_device(draws.offsets, images.device), t)
+    total = len(pixels)
+    rows = images[parts[sources]].view(total, c, h * w)  # the step's images, then their pixels
+    weak = rows.gather(2, pixels.expand(total, c, h * w)).view(total, c, h, w)
+    if not weak.is_floating_point():
+        weak = torch.empty(weak.shape, device=weak.device).copy_(weak).div_(t.level)
+    if plan is None:
+        return weak
+    strong_rows = weak[total - n_strong:]  # augmented in place
+    _strong_apply(strong_rows, plan, parts, draws.signs, draws.centres, cutout_fraction, fill,
+                  out=strong_rows)
+    return weak
 
 
 # ----------------------------------------------------------------------------- per-image (PIL)

@@ -17,16 +17,11 @@ import numpy as np
 import torch
 
 from interlude.algorithms.base import Batch
-from interlude.data.augment import (
-    normalize,
-    strong_augment,
-    to_device,
-    to_float,
-    weak_augment,
-)
+from interlude.data.augment import augment_views, normalize, to_device, to_float
 from interlude.data.base import ImageSet
 from interlude.data.ondisk import is_disk_backed
 from interlude.data.sampler import STREAM_AUGMENT, StepSampler, step_generator
+from interlude.train.opcount import AUGMENT_RANGE
 from interlude.train.workers import PairedViews, WorkerBatches
 
 DEVICE_RESIDENT_BYTES = 2 << 30  # image sets up to 2 GiB are copied to the device once
@@ -49,26 +44,50 @@ class Preprocess:
 
 
 class ImageStore:
-    """Images gathered by index: resident on the device when small and in RAM, else gathered on
-    the host row by row (disk-backed pools: the image cache, memory maps)."""
+    """The labeled and unlabeled images, read by row: resident on the device when small and in
+    RAM (one tensor, labeled rows first, so a step's images are read straight from it by the weak
+    view's gather), else only the step's rows are read on the host and copied (disk-backed pools,
+    the image cache or memory maps, are never copied whole)."""
 
-    def __init__(self, images: ImageSet, device: torch.device) -> None:
+    def __init__(self, labeled: ImageSet, unlabeled: ImageSet | None,
+                 device: torch.device) -> None:
         self.device = device
-        array = images.images
-        self.on_device = array.nbytes <= DEVICE_RESIDENT_BYTES and not is_disk_backed(array)
+        self.arrays = [labeled.images] + ([unlabeled.images] if unlabeled is not None else [])
+        self.offset = len(labeled.images)  # unlabeled image i is row offset + i
+        self.on_device = (sum(a.nbytes for a in self.arrays) <= DEVICE_RESIDENT_BYTES
+                          and not any(is_disk_backed(a) for a in self.arrays))
         if self.on_device:
-            self.images = torch.from_numpy(np.ascontiguousarray(array)).to(device)
-        else:
-            self.array = array
+            shape = (sum(len(a) for a in self.arrays), *self.arrays[0].shape[1:])
+            self.images = torch.empty(shape, dtype=torch.from_numpy(self.arrays[0][:0]).dtype,
+                                      device=device)
+            start = 0
+            for array in self.arrays:
+                self.images[start:start + len(array)].copy_(
+                    torch.from_numpy(np.ascontiguousarray(array)))
+                start += len(array)
+            self.arrays = []
 
-    def gather(self, indices: torch.Tensor) -> torch.Tensor:
+    def rows(self, labeled: torch.Tensor,
+             unlabeled: torch.Tensor | None) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
+        """``(images, labeled rows, unlabeled rows)`` for a step's (host) indices: the resident
+        store and rows into it, or the step's images read on the host (in sorted order, so
+        memmap reads stay sequential), copied to the device, and their rows."""
+        idx_l = labeled.numpy()
+        idx_u = None if unlabeled is None else unlabeled.numpy()
         if self.on_device:
-            return self.images.index_select(0, to_device(indices, self.device))
-        batch = torch.from_numpy(self.array[np.sort(indices.numpy())])
-        # only the step's rows are read (a disk-backed pool is never copied whole); sorted rows
-        # keep the reads sequential, and the requested order is restored afterwards
-        order = torch.argsort(torch.argsort(indices))
-        return to_device(batch[order], self.device)
+            return self.images, idx_l, None if idx_u is None else self.offset + idx_u
+        parts, rows, start = [], [], 0
+        for array, idx in zip(self.arrays, (idx_l, idx_u), strict=False):
+            if idx is None:
+                continue
+            order = np.argsort(idx, kind="stable")
+            parts.append(torch.from_numpy(array[idx[order]]))
+            row = np.empty(len(idx), dtype=np.int64)
+            row[order] = start + np.arange(len(idx))
+            rows.append(row)
+            start += len(idx)
+        batch = to_device(torch.cat(parts) if len(parts) > 1 else parts[0], self.device)
+        return batch, rows[0], rows[1] if len(rows) > 1 else None
 
 
 class BatchBuilder:
@@ -103,8 +122,7 @@ class BatchBuilder:
                 pin_memory=device.type == "cuda",
             )
         else:  # images live where they are augmented
-            self.labeled = ImageStore(labeled, device)
-            self.unlabeled = ImageStore(unlabeled, device) if self.uses_unlabeled else None
+            self.store = ImageStore(labeled, unlabeled if self.uses_unlabeled else None, device)
         self.sampler = sampler
         self.views = views
         self.preprocess = preprocess
@@ -140,21 +158,21 @@ class BatchBuilder:
     def _augment_on_device(
         self, step: int, idx_l: torch.Tensor, idx_u: torch.Tensor | None
     ) -> torch.Tensor:
-        """Batched weak/strong views; randomness from generators per (seed, step, rank).
+        """Batched weak/strong views of every view at once; randomness from generators per
+        (seed, step, rank).
 
-        The RandAugment op plan comes from a host generator, so grouping images by op never
+        The RandAugment op plan comes from a host generator, so laying images out by op never
         copies device values to the host (no sync on CUDA); pixel-level draws stay on the device.
+        ``augment_views`` draws exactly what a per-view weak/strong loop would, and dispatches a
+        few hundred operators for the whole step (``interlude.train.opcount``).
         """
         generator = step_generator(self.seed, step, STREAM_AUGMENT * 1000 + self.rank, self.device)
         plan = step_generator(self.seed, step, STREAM_AUGMENT * 1000 + 500 + self.rank, "cpu")
-        parts: list[torch.Tensor] = []
-        xl = to_float(self.labeled.gather(idx_l))
-        xu = to_float(self.unlabeled.gather(idx_u.reshape(-1))) if idx_u is not None else None
-        for view in self.views:  # natural order: lw, uw, ls, us
-            weak = weak_augment(xl if view.startswith("l") else xu, generator, self.hflip)
-            strong = view.endswith("s")
-            parts.append(strong_augment(weak, generator, plan_generator=plan) if strong else weak)
-        return self.preprocess.normalize(torch.cat(parts))
+        images, rows_l, rows_u = self.store.rows(
+            idx_l, idx_u.reshape(-1) if idx_u is not None else None)
+        with torch.profiler.record_function(AUGMENT_RANGE):  # a label in profiles, no sync
+            x = augment_views(images, rows_l, rows_u, self.views, generator, plan, self.hflip)
+        return self.preprocess.normalize(x)
 
     def close(self) -> None:
         """Stop augmentation workers, if any (restarted on the next :meth:`build`)."""
