@@ -15,6 +15,8 @@ and measures them there:
    weak + strong views) for FixMatch, InterLUDE and InterLUDE+ in fp32, bf16, bf16 +
    channels_last and bf16 + channels_last + ``torch.compile``: it/s, img/s, peak memory
    (``torch.cuda.max_memory_allocated``). Goal on an H100: >= 75 it/s for InterLUDE in bf16.
+   ``vit``: the same for InterLUDE with timm's ViT-B/16 at 224 px at the paper's ViT batch
+   (8 labeled + 7 x 8 unlabeled, the STL-10 configs' optimiser), fp32 and bf16.
 3. ``pipeline``: the input pipeline alone at that batch, device augmentation and DataLoader
    workers, against the step's own rate: does the step wait for data?
 4. ``ops``: aten operators one step dispatches (launch overhead), augmentation and model step.
@@ -71,7 +73,9 @@ CONFIGS = {  # name -> train.* overrides
                                        "train.compile=true"],
 }
 GOAL_IT_S = 75.0  # InterLUDE, bf16, paper batch, H100
-SECTIONS = ("tests", "step", "pipeline", "ops", "train", "ddp")
+SECTIONS = ("tests", "step", "vit", "pipeline", "ops", "train", "ddp")
+VIT = {"arch": "timm/vit_base_patch16_224", "size": 224, "batch": (8, 7)}  # configs/stl10_*_vit
+VIT_QUICK = {"arch": "timm/vit_tiny_patch16_224", "size": 32, "batch": (2, 2)}
 
 
 @dataclass
@@ -181,6 +185,55 @@ def step_section(args, report: Report) -> dict[str, float]:
                "" if device.type == "cuda" else "On the CPU bf16 and channels_last do not "
                "apply (those rows run in fp32), and compile uses the aot_eager backend.", "")
     return rates
+
+
+# ---------------------------------------------------------------------- 2b. ViT step
+def vit_section(args, report: Report) -> None:
+    """InterLUDE with ViT-B/16 at 224 px and the paper's ViT batch (random weights: the speed of a
+    step does not depend on them), with the optimiser of ``configs/stl10_40_vit.yaml``."""
+    spec = VIT_QUICK if args.quick else VIT
+    batch, mu = spec["batch"]
+    size = spec["size"]
+    report.add(f"## ViT step: {spec['arch']} at {size} px, {batch} + {mu} x {batch} "
+               "(InterLUDE, weak + strong views)", "",
+               "| config | images/step | it/s | img/s | peak MiB | first step s |",
+               "|---|---|---|---|---|---|")
+    device = torch.device(args.device)
+    data = synthetic_data(labeled=4 * batch, unlabeled=4 * batch * mu, size=size)
+    rate = 0.0
+    for config, overrides in list(CONFIGS.items())[:2]:  # fp32, bf16
+        cfg = load_config(None, [
+            f"model.arch={spec['arch']}", "model.pretrained=false", "algorithm.name=interlude",
+            "algorithm.lambda_dc=0.1", f"train.batch_size={batch}", f"train.mu={mu}",
+            "train.optimizer=adamw", "train.lr=1e-4", "train.layer_decay=0.65",
+            "train.ema_decay=0", f"train.device={args.device}", "train.steps=1000000",
+            "train.progress=false", *overrides,
+        ])
+        torch.manual_seed(0)
+        algorithm = build_algorithm(cfg.algorithm, CLASSES, num_unlabeled=len(data.unlabeled))
+        model = build_net(cfg.model, CLASSES, 3, size, fusion_strength=algorithm.fusion_strength)
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(cfg, data, model, algorithm, Path(tmp), device)
+            first = _timed(lambda trainer=trainer: trainer.train_step(0), device)
+            for step in range(1, args.warmup + 1):
+                trainer.train_step(step)
+            if device.type == "cuda":
+                sync(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            seconds = [_timed(lambda s=s, trainer=trainer: trainer.train_step(s), device)
+                       for s in range(args.warmup + 1, args.warmup + 1 + args.reps)]
+            peak = (f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}"
+                    if device.type == "cuda" else "n/a (CPU)")
+            it_s = rate = 1 / statistics.median(seconds)
+            images = trainer.layout.order.numel()
+            report.add(f"| {config} | {images} | {it_s:.1f} | {it_s * images:.0f} | {peak} | "
+                       f"{first:.1f} |")
+            del trainer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    report.add("", f"The STL-10 ViT configs' 204,800 steps at the bf16 rate: "
+               f"{204_800 / rate / 3600:.1f} h." if not args.quick else
+               "Quick mode: a tiny ViT at 32 px (checks the code path, not the speed).", "")
 
 
 def _paper(args) -> bool:
@@ -387,6 +440,8 @@ def main() -> int:
             tests_section(args, report)
         elif section == "step":
             rates = step_section(args, report)
+        elif section == "vit":
+            vit_section(args, report)
         elif section == "pipeline":
             pipeline_section(args, report, rates)
         elif section == "ops":

@@ -84,10 +84,11 @@ class FixMatch4(FixMatch):
 
 
 # ---------------------------------------------------------------------- setup
-def synthetic_data(labeled: int = 400, unlabeled: int = 4000, seed: int = 0) -> SSLData:
-    """Random 32x32 RGB images: speed does not depend on the pixels."""
+def synthetic_data(labeled: int = 400, unlabeled: int = 4000, seed: int = 0,
+                   size: int = SIZE) -> SSLData:
+    """Random RGB images (32x32 unless ``size``): speed does not depend on the pixels."""
     rs = np.random.RandomState(seed)
-    images = rs.randint(0, 256, (labeled + unlabeled, 3, SIZE, SIZE), dtype=np.uint8)
+    images = rs.randint(0, 256, (labeled + unlabeled, 3, size, size), dtype=np.uint8)
     labels = np.arange(labeled) % CLASSES
     return SSLData(
         labeled=ImageSet(images[:labeled], labels),

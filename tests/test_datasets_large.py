@@ -174,3 +174,18 @@ def test_stl10_unlabeled_is_cached_at_the_run_resolution(tmp_path, image_cache):
     uncached = build_data(_cfg(*args, "data.cache=false"))
     assert np.array_equal(np.asarray(cached.unlabeled.images),
                           np.asarray(uncached.unlabeled.images))
+
+
+def test_stl10_unlabeled_is_resized_with_the_run_filter(tmp_path, image_cache):
+    """A pretrained backbone's bicubic resize applies to the cached unlabeled split exactly as
+    to the splits resized in RAM (and a bilinear entry is not served for it)."""
+    from interlude.data.transforms import resize_images
+
+    ref = write_stl10(tmp_path)
+    args = ["data.name=stl10", f"data.data_dir={tmp_path}", "data.labels_per_class=1",
+            "data.resolution=40"]
+    bilinear = load_raw(_cfg(*args))
+    bicubic = load_raw(_cfg(*args, "data.interpolation=bicubic"))
+    expected = resize_images(ref["unlabeled"], 40, interpolation="bicubic")
+    assert np.array_equal(np.asarray(bicubic.extra_unlabeled.images), expected)
+    assert not np.array_equal(np.asarray(bilinear.extra_unlabeled.images), expected)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = (
-    "# GPU check:", "## CUDA-only tests", "## Training step:", "## Input pipeline alone:",
+    "# GPU check:", "## CUDA-only tests", "## Training step:", "## ViT step:",
+    "## Input pipeline alone:",
     "## Dispatched aten operators per step", "## Short training: mnist5k", "## DDP:",
     "## Verdict",
 )
@@ -31,9 +32,12 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     markdown = out.read_text()
     positions = [markdown.find(section) for section in SECTIONS]
     assert -1 not in positions and positions == sorted(positions), positions
+    step = markdown[markdown.find("## Training step:"):markdown.find("## ViT step:")]
     for config in ("| fp32 |", "| bf16 |", "| bf16 + channels_last |",
                    "| bf16 + channels_last + compile |"):
-        assert markdown.count(config) == 3, config  # FixMatch, InterLUDE, InterLUDE+
+        assert step.count(config) == 3, config  # FixMatch, InterLUDE, InterLUDE+
+    vit = markdown[markdown.find("## ViT step:"):markdown.find("## Input pipeline alone:")]
+    assert "timm/vit_tiny_patch16_224" in vit and vit.count("| fp32 |") == vit.count("| bf16 |") == 1
     assert "augment_on: workers" in markdown and "augment_on: device" in markdown
     assert "all checks passed" in markdown
     assert "## Verdict" in done.stdout  # the Markdown is printed too (to paste)

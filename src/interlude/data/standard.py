@@ -336,9 +336,11 @@ def _stl_unlabeled(path: Path, cfg: DataConfig) -> Any:
         return _stl_images(path, in_memory=False)
     count = _stl_count(path)
     size = cfg.resolution or STL10_SIZE
+    filter_ = cfg.interpolation or "bilinear"  # as resize_raw resizes the other splits
     source = str(path.resolve())
-    spec = CacheSpec("stl10-unlabeled", ("stl10-unlabeled", source, str(size)),
-                     fingerprint(["stl10 unlabeled 1", source, file_signature(path), str(size)]),
+    spec = CacheSpec("stl10-unlabeled", ("stl10-unlabeled", source, str(size), filter_),
+                     fingerprint(["stl10 unlabeled 1", source, file_signature(path), str(size),
+                                  filter_]),
                      (3, size, size), count)
 
     def build(writer: RowWriter) -> dict:
@@ -349,7 +351,7 @@ def _stl_unlabeled(path: Path, cfg: DataConfig) -> Any:
                 if stored.size != rows * STL10_IMAGE_BYTES:
                     raise DataError(f"{path} shrank while it was read; extract it again")
                 images = stored.reshape(rows, 3, STL10_SIZE, STL10_SIZE).transpose(0, 1, 3, 2)
-                writer.write(resize_images(images, size))
+                writer.write(resize_images(images, size, interpolation=filter_))
                 writer.progress(rows)
         return {"source": source}
 
@@ -446,6 +448,7 @@ def _svhn_extra(path: Path, cfg: DataConfig) -> Any:
     image cache once (or into RAM with ``data.cache=false``), at ``data.resolution``."""
     count = _svhn_count(path)
     size = cfg.resolution or 32
+    filter_ = cfg.interpolation or "bilinear"  # as resize_raw resizes the other splits
     per_image = 32 * 32 * 3
 
     def build(writer: RowWriter) -> dict:
@@ -456,7 +459,7 @@ def _svhn_extra(path: Path, cfg: DataConfig) -> Any:
                     stored = np.frombuffer(x.read(rows * per_image), dtype=np.uint8)
                     # column-major (H, W, C) per image: as (C, W, H) row-major, then swap W/H
                     images = stored.reshape(rows, 3, 32, 32).transpose(0, 1, 3, 2)
-                    writer.write(resize_images(images, size))
+                    writer.write(resize_images(images, size, interpolation=filter_))
                     writer.progress(rows)
         except (MatFormatError, OSError) as exc:
             raise _svhn_unreadable(path, exc) from None
@@ -471,8 +474,9 @@ def _svhn_extra(path: Path, cfg: DataConfig) -> Any:
         if info.get("source") != source or rows != count:
             raise ValueError("not a conversion of this file")
 
-    spec = CacheSpec("svhn-extra", ("svhn-extra", source, str(size)),
-                     fingerprint(["svhn extra 1", source, file_signature(path), str(size)]),
+    spec = CacheSpec("svhn-extra", ("svhn-extra", source, str(size), filter_),
+                     fingerprint(["svhn extra 1", source, file_signature(path), str(size),
+                                  filter_]),
                      (3, size, size), count)
     return open_cached(cache, spec, build, check).images
 
