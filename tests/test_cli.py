@@ -57,3 +57,19 @@ def test_readme_config_reference_is_up_to_date():
     assert embedded == config_reference_markdown(), (
         "README config table is stale: run `python tools/sync_readme.py`"
     )
+
+
+
+def test_output_piped_into_head_is_not_an_error(monkeypatch, capfd):
+    """`interlude eval RUN | head -1`: the reader closing the pipe is no `error:` line."""
+    import interlude.cli as cli
+
+    def reader_left(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_config", reader_left)
+    redirected = []  # stdout is pointed at /dev/null; not pytest's own stdout here
+    monkeypatch.setattr(cli.os, "dup2", lambda fd, fd2: redirected.append(fd2))
+    assert main(["config", "keys"]) == 141
+    assert redirected == [sys.stdout.fileno()]
+    assert capfd.readouterr().err == ""

@@ -31,6 +31,13 @@ def test_unknown_key_lists_valid_keys_and_suggests():
     assert "algorithm.lambda_dc" in message  # the list of valid keys
 
 
+def test_config_file_that_is_not_utf8_text_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xff\xfetrain:\n")  # a UTF-16 file, or a binary file given by mistake
+    with pytest.raises(ConfigError, match="is not a UTF-8 text file"):
+        load_config(path)
+
+
 def test_unknown_key_in_yaml_and_unknown_section(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  stepz: 5\n")

@@ -120,7 +120,7 @@ def test_non_finite_floats_rejected_from_yaml_and_saved_dicts(key, tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("train.lr=nan", "train.lr=nan is out of range: must be a finite number > 0"),
+        ("train.lr=nan", "train.lr=nan is out of range: must be a finite number in (0, 10000]"),
         ("algorithm.lambda_dc=-1", "algorithm.lambda_dc=-1.0 is out of range: must be a finite "
                                    "number >= 0"),
         ("algorithm.lambda_u=-1", "algorithm.lambda_u=-1.0 is out of range"),
@@ -250,7 +250,7 @@ def test_docs_show_ranges_and_per_algorithm_defaults(capsys):
     assert main(["config", "keys"]) == 0
     lines = capsys.readouterr().out.splitlines()
     lr = next(line for line in lines if line.startswith("train.lr "))
-    assert "valid: > 0" in lr
+    assert "valid: (0, 10000]" in lr
     ent = next(line for line in lines if line.startswith("algorithm.lambda_ent "))
     assert "default per algorithm: freematch 0.001" in ent
     threads = next(line for line in lines if line.startswith("train.threads "))

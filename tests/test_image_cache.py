@@ -377,3 +377,22 @@ def test_resize_filter_is_part_of_the_cache_key(tmp_path, image_cache, count_dec
     assert len(count_decodes) == 2 * decoded  # reused
     assert np.array_equal(np.asarray(again.unlabeled.images[:]),
                           np.asarray(bicubic.unlabeled.images[:]))
+
+
+def test_orphan_of_a_superseded_entry_is_removed_when_its_replacement_is_built(
+        tmp_path, image_cache):
+    """A kill -9 during a build leaves a temporary of that key; once the folder's files change
+    (a new key) nobody would ever build the old key again, so its replacement removes it."""
+    make_folders(tmp_path)
+    build_data(_cfg(tmp_path))
+    folder = image_cache / "images"
+    old = next(p for p in _entries(image_cache) if p.name.startswith("imagefolder-unlabeled-"))
+    old_stem = old.name[: -len(".u8")]
+    for suffix in (".u8", ".json"):  # as if the build of that key had been killed midway
+        (folder / f"{old_stem}{suffix}").unlink()
+    orphan = folder / f".{old_stem}.u8.k1ll3d.tmp"
+    orphan.write_bytes(b"half of a big file")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "unlabeled" / "a" / "new.png")
+    data = build_data(_cfg(tmp_path))  # another key for the unlabeled folder
+    assert len(data.unlabeled) == 6
+    assert not orphan.exists()

@@ -151,6 +151,8 @@ def test_export_cli_default_folder_and_load_errors(run_dir, capsys, tmp_path):
     assert main(["export", str(run_dir)]) == 0
     printed = capsys.readouterr().out.strip()
     assert printed == str(run_dir / "export" / "safetensors" / "model.safetensors")
+    sidecar = json.loads((run_dir / "export" / "safetensors" / "interlude.json").read_text())
+    assert sidecar["source"] == str(run_dir / "checkpoints" / "last.pt")  # the file it came from
     assert interlude.load(run_dir / "export" / "safetensors").predict(
         np.zeros((1, 8, 8), np.uint8)
     ).shape == (1,)

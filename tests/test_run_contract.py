@@ -125,6 +125,59 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tiny_override
     assert _snapshot(run_dir) == before
 
 
+@pytest.mark.parametrize("flags", [{"overwrite": True}, {"resume": True}, {}])
+def test_a_folder_of_the_users_own_files_is_never_emptied(tiny_overrides, tmp_path, flags):
+    """train.run_name / out_dir pointing at a folder that is not a run: --overwrite (or a
+    --resume that finds no checkpoint and starts over) must not delete the user's files."""
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("three years of work")
+    (folder / "config.yaml").write_text("mine: true\n")
+    cfg = _cfg(tiny_overrides, f"train.out_dir={tmp_path}", "train.run_name=thesis")
+    with pytest.raises(RunDirBusy, match="no interlude run"):
+        run(cfg, **flags)
+    assert (folder / "thesis.tex").read_text() == "three years of work"
+    assert (folder / "config.yaml").read_text() == "mine: true\n"
+
+
+def test_lock_is_emptied_when_the_device_is_refused(tiny_overrides, caplog):
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        run(_cfg(tiny_overrides, "train.device=cuda"))
+    cfg = _cfg(tiny_overrides)
+    assert (run_dir_for(cfg) / ".lock").read_text() == ""  # no stale holder left behind
+    with caplog.at_level("WARNING", logger="interlude"):
+        run(cfg, stop_after=1)
+    assert "stale lock" not in caplog.text
+
+
+def test_files_are_written_with_the_umask_not_0600(tmp_path):
+    from interlude.artifact import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_signal_during_the_last_step_is_a_finished_run(tiny_overrides, monkeypatch):
+    from interlude.train.loop import Trainer
+
+    original = Trainer.train_step
+
+    def last_step_signalled(self, step):
+        if step == self.cfg.train.steps - 1:  # SIGTERM arrives while the last step runs
+            self._stop_requested, self.stop_signal = True, signal.SIGTERM
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", last_step_signalled)
+    result = run(_cfg(tiny_overrides))
+    assert result.finished and result.stop_signal is None  # exit 0, not 143
+
+
 def test_estimator_refuses_an_existing_run_unless_told(tmp_path):
     from interlude import InterLUDEClassifier
 
@@ -198,7 +251,7 @@ def test_checkpoint_with_inf_batchnorm_statistics_is_not_written(tiny_overrides,
 
 
 def test_diverged_cli_run_exits_3_with_one_line(tiny_overrides, capsys):
-    code = main(["train", *tiny_overrides, "algorithm.name=fixmatch", "train.lr=1e30",
+    code = main(["train", *tiny_overrides, "algorithm.name=fixmatch", "train.lr=5000",
                  "train.checkpoint_interval=1"])
     assert code == 3
     err = capsys.readouterr().err.strip().splitlines()
@@ -377,11 +430,16 @@ def test_overrides_may_follow_options(tiny_overrides):
     (["train", "--bogus"], "unrecognized arguments: --bogus"),
     (["eval", "run", "extra=1"], "unrecognized arguments: extra=1"),
     (["nope"], "invalid choice"),
+    (["train", "--resume", "--overwrite"], "not allowed with argument --resume"),
+    (["sweep", "c.yaml", "--seeds", "a"], "expected integers separated by commas"),
+    (["sweep", "c.yaml", "--seeds", "0", "--processes", "0"], "--processes must be >= 1"),
 ])
 def test_every_cli_error_is_one_line(argv, message, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
 
@@ -488,6 +546,18 @@ def test_one_place_rebuilds_a_net_from_saved_metadata():
     assert (REPO / "src/interlude/artifact.py").read_text().count("build_net(") == 1
 
 
+def test_sweep_runs_a_repeated_seed_once_and_refuses_two_variants_of_one_name(tmp_path):
+    from interlude.experiments.sweep import SweepSpec, Variant, plan_runs
+
+    base = REPO / "configs" / "digits.yaml"
+    spec = SweepSpec("s", base, [0, 0], [Variant("a", ["train.steps=2"])])
+    assert len(plan_runs(spec, tmp_path)) == 1
+    spec = SweepSpec("s", base, [0], [Variant("a", ["train.steps=2"]),
+                                      Variant("a", ["train.steps=3"])])
+    with pytest.raises(ConfigError, match="both named 'a' but differ"):
+        plan_runs(spec, tmp_path)
+
+
 @pytest.mark.parametrize("text, message", [
     ("base: ../digits.yaml\nseeds: [0]\nseeds: [1]\n", "given twice"),
     ("base: ../digits.yaml\nseeds: [x]\n", "'seeds' must be a non-empty list of integers"),
@@ -517,3 +587,10 @@ def test_report_skips_runs_with_damaged_files(tiny_overrides, tmp_path, capsys):
     assert report.is_file()
     err = capsys.readouterr().err
     assert f"skipping {bad}" in err and "given twice" in err
+
+
+@pytest.mark.parametrize("name", ["../../etc", "/tmp/elsewhere", "a/../../b"])
+def test_run_name_cannot_leave_the_output_folder(name):
+    with pytest.raises(ConfigError, match="must name a folder inside train.out_dir"):
+        load_config(None, [f"train.run_name={name}"])
+    assert load_config(None, ["train.run_name=variant/seed0"]).train.run_name == "variant/seed0"

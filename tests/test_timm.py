@@ -174,6 +174,11 @@ def test_weights_files_that_do_not_fit_are_one_line_errors(tmp_path):
     ]
     (tmp_path / "weights.npz").write_bytes(b"x")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    damaged = net("timm/resnet10t", 16).state_dict()
+    damaged["conv1.0.weight"][0, 0, 0, 0] = float("nan")  # a file that loads but is not finite
+    torch.save(damaged, tmp_path / "nan.pth")
+    cases.append(("timm/resnet10t", tmp_path / "nan.pth",
+                  r"holds NaN/inf values in 1 tensor\(s\) \(e.g. conv1.0.weight\)"))
     for arch, file, message in cases:
         with pytest.raises(ConfigError, match=message) as info:
             net(arch, 16, pretrained=str(file))

@@ -53,6 +53,8 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None] | bytes | 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the mode open() would (umask)
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             if callable(write):
                 write(handle)
@@ -70,6 +72,12 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None] | bytes | 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_orphan_temporaries(folder: Path) -> list[Path]:

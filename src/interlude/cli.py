@@ -169,9 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model: interlude train CONFIG [key=value ...]")
     train.add_argument("items", nargs="*", metavar="CONFIG|key=value",
                        help="a YAML config file (optional) followed by overrides")
-    train.add_argument("--resume", action="store_true",
+    start = train.add_mutually_exclusive_group()  # continue it, or start over: not both
+    start.add_argument("--resume", action="store_true",
                        help="continue the run from its checkpoints/last.pt")
-    train.add_argument("--overwrite", action="store_true",
+    start.add_argument("--overwrite", action="store_true",
                        help="start over even if the run dir holds a run")
     train.add_argument("--stop-after", type=_positive_step, default=None, metavar="STEP",
                        help="stop (with a checkpoint) at this step; continue later with --resume")
@@ -260,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InterludeError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # `interlude eval RUN | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 141
     except OSError as exc:  # disk full, permissions, a folder where a file was expected
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)

@@ -269,7 +269,7 @@ class TrainConfig:
     """Labeled images per step (global batch across all ranks)."""
     mu: int = setting(7, ge=0)
     """Unlabeled images per labeled image (0 only for `algorithm.name: supervised`)."""
-    lr: float = setting(0.03, gt=0)
+    lr: float = setting(0.03, gt=0, le=1e4)
     """Peak learning rate (per optimizer step; the schedule scales it down)."""
     momentum: float = setting(0.9, ge=0, lt=1)
     """SGD momentum."""
@@ -752,6 +752,9 @@ def read_yaml(path: str | Path) -> Any:
             return yaml.load(handle, Loader=UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text file; a config must be YAML text "
+                          "(save it as UTF-8)") from None
 
 
 def load_config(
@@ -817,6 +820,21 @@ def validate(cfg: Config) -> None:
         )
     _validate_inputs(cfg.data)
     _validate_pretrained(cfg.model)
+    _validate_run_name(t.run_name)
+
+
+def _validate_run_name(name: str | None) -> None:
+    """A run folder stays inside ``train.out_dir``: sub-folders are fine (sweeps use
+    ``variant/seed0``), an absolute path or a ``..`` that climbs out is not."""
+    if name is None:
+        return
+    parts = name.replace("\\", "/").split("/")
+    if not name.strip() or name.startswith(("/", "\\")) or ".." in parts or (
+            len(name) > 1 and name[1] == ":"):
+        raise ConfigError(
+            f"train.run_name={name!r} must name a folder inside train.out_dir (no absolute path, "
+            "no '..'); set train.out_dir to choose where runs go"
+        )
 
 
 def _validate_inputs(d: DataConfig) -> None:

@@ -51,9 +51,10 @@ def export_run(run_dir: Path, format: str = "safetensors", out: str | None = Non
                checkpoint: str = "last") -> Path:
     """Export ``RUN_DIR/checkpoints/<checkpoint>.pt``; returns the model file written."""
     run = RunDir(run_dir)
-    state = Checkpoint.load(run.checkpoint(checkpoint))
+    path = run.checkpoint(checkpoint)
+    state = Checkpoint.load(path)
     folder = Path(out) if out is not None else run.path / "export" / format
-    return export_checkpoint(state, format, folder, source=f"{run.path}/{checkpoint}.pt")
+    return export_checkpoint(state, format, folder, source=str(path))
 
 
 def export_checkpoint(state: Checkpoint, format: str, folder: Path,

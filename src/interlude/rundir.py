@@ -35,6 +35,8 @@ except ImportError:  # Windows: no flock; the lock degrades to a pid file
 log = logging.getLogger("interlude")
 
 LOCK_FILE = ".lock"
+RUN_MARKERS = ("split.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt")
+"""Files only a run writes: a folder holding none of them (but other files) is not a run's."""
 
 
 class RunDirBusy(InterludeError):
@@ -101,6 +103,26 @@ class RunDir:
         """Whether anything of a run (config, split, logs, checkpoints, summary) is here."""
         return self.path.is_dir() and any(p.name != LOCK_FILE for p in self.path.iterdir())
 
+    def looks_like_run(self) -> bool:
+        """Whether files only interlude writes (split, metrics, checkpoints) are here."""
+        return any((self.path / name).is_file() for name in RUN_MARKERS)
+
+    def check_clearable(self) -> None:
+        """Refuse to start over in a folder that holds files but no run: ``--overwrite`` (or a
+        ``--resume`` without a checkpoint) empties a run directory, never a folder of the user's
+        own files that ``train.run_name`` / ``train.out_dir`` happen to point at."""
+        if not self.path.is_dir() or self.looks_like_run():
+            return
+        foreign = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5
+                                              else "")
+            raise RunDirBusy(
+                f"{self.path} holds {shown} but no interlude run (no split.json, metrics or "
+                "checkpoint), so it is not emptied; choose another train.run_name / "
+                "train.out_dir, or move those files away"
+            )
+
     # ------------------------------------------------------------------ ownership
     def acquire(self) -> None:
         """Become the one owner, or raise :class:`RunDirBusy` naming the live holder."""
@@ -156,9 +178,11 @@ class RunDir:
 
     # ------------------------------------------------------------------ starting over
     def clear(self) -> None:
-        """Remove every file of the old run (the lock stays with its owner)."""
+        """Remove every file of the old run (the lock stays with its owner); a folder that is not
+        a run's is refused (:meth:`check_clearable`), never emptied."""
         if not self.path.is_dir():
             return
+        self.check_clearable()
         for entry in self.path.iterdir():
             if entry.name == LOCK_FILE:
                 continue

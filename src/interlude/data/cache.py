@@ -419,3 +419,14 @@ def _prune(folder: Path, spec: CacheSpec) -> None:
         finally:
             use.close()
             build.close()
+    for orphan in folder.glob(f".{prefix}*{TMP_SUFFIX}"):  # rows of a killed build of an older key
+        stem = orphan.name[1:].split(".u8.")[0].split(".json.")[0]
+        if stem == spec.stem or not (folder / f"{stem}.build.lock").is_file():
+            continue
+        build = _Lock(folder / f"{stem}.build.lock")
+        try:
+            if fcntl is not None and build.take(fcntl.LOCK_EX, False):  # nobody is building it
+                orphan.unlink(missing_ok=True)
+                log.info("removed %s, left by an interrupted image cache build", orphan)
+        finally:
+            build.close()

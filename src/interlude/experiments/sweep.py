@@ -166,7 +166,7 @@ def plan_runs(
 ) -> list[PlannedRun]:
     """Expand variants x seeds into runs, validating every config before anything trains."""
     root = Path(out_root) if out_root is not None else default_out_root(spec, extra)
-    planned = []
+    planned: list[PlannedRun] = []
     for variant in spec.variants:
         for seed in spec.seeds:
             run_dir = root / spec.name / variant.name / f"seed{seed}"
@@ -175,6 +175,14 @@ def plan_runs(
                 f"train.out_dir={root / spec.name}", f"train.run_name={variant.name}/seed{seed}",
             ]
             config = load_config(spec.base, overrides)  # fail fast on a bad key in any run
+            same = next((r for r in planned if r.run_dir == run_dir), None)
+            if same is not None:
+                if same.config is not None and diff(same.config, config):
+                    raise ConfigError(
+                        f"two variants of the sweep are both named '{variant.name}' but differ "
+                        f"({'; '.join(diff(same.config, config)[:3])}); give each its own name"
+                    )
+                continue  # the same value or seed given twice: one run
             planned.append(PlannedRun(variant.name, seed, overrides, run_dir, config))
     return planned
 
@@ -309,6 +317,16 @@ def _train_in_subprocesses(base: Path, todo: list[PlannedRun], processes: int) -
 
 def run_sweep_cli(args: Any) -> list[Path]:
     """``interlude sweep CONFIG|SWEEP_FILE [key=value ...] [--grid k=v1,v2] [--seeds 0,1,2]``."""
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds {args.seeds!r}: expected integers separated by commas, "
+                              "e.g. --seeds 0,1,2") from None
+        if any(s < 0 for s in seeds):
+            raise ConfigError(f"--seeds {args.seeds!r}: seeds must be >= 0")
+    if args.processes < 1:
+        raise ConfigError(f"--processes must be >= 1, got {args.processes}")
     return run_sweep(args.config, parse_grid(args.grid), seeds, args.processes, args.overrides,
                      args.out)

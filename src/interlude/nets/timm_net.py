@@ -198,6 +198,13 @@ def _create_model(name: str, pretrained: bool, source: Path | None,
             f"model.pretrained={source} lacks {len(lacking)} tensors of {TIMM_PREFIX}{name} (e.g. "
             f"{', '.join(lacking[:3])}): it holds another model's weights; check model.arch"
         )
+    non_finite = [k for k, v in model.state_dict().items()
+                  if v.is_floating_point() and not bool(v.isfinite().all())]
+    if non_finite:
+        raise ConfigError(
+            f"model.pretrained={source} holds NaN/inf values in {len(non_finite)} tensor(s) (e.g. "
+            f"{', '.join(non_finite[:3])}): the file is damaged; use another weights file"
+        )
     extra = report["Unexpected"]
     if extra:  # an MAE decoder, a projection head ...: not part of this backbone
         log.warning("model.pretrained: ignored %d tensors that %s%s lacks: %s", len(extra),

@@ -207,9 +207,9 @@ def run(
             owner.acquire()
         except InterludeError as exc:
             busy, owner = exc, None
-    if dist.any_rank(busy is not None, resolve_device(cfg.train.device, dist)):
-        raise busy or InterludeError(f"rank 0 could not own {run_dir.path}")
     try:
+        if dist.any_rank(busy is not None, resolve_device(cfg.train.device, dist)):
+            raise busy or InterludeError(f"rank 0 could not own {run_dir.path}")
         return _run_owned(cfg, run_dir, dist, resume, stop_after, data, overwrite, init)
     finally:
         if owner is not None:
@@ -222,9 +222,11 @@ def _run_owned(cfg: Config, run_dir: RunDir, dist: DistContext, resume: bool,
     checkpoint = None
     if resume and run_dir.last.is_file():
         checkpoint = Checkpoint.load(run_dir.last)
-    elif resume:
+    if checkpoint is None and dist.is_main:
+        run_dir.check_clearable()  # before the data is loaded: never empty a user's folder
+    if checkpoint is None and resume:
         log.info("no checkpoint in %s: starting from scratch", run_dir.path)
-    elif run_dir.holds_run() and not overwrite:
+    elif checkpoint is None and run_dir.holds_run() and not overwrite:
         raise ConfigError(
             f"{run_dir.path} already holds a run; pass --resume to continue it, --overwrite to "
             "start over, or set train.run_name"

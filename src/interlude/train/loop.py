@@ -153,6 +153,8 @@ class Trainer:
                 self.save_checkpoint()
                 progress.write(f"interrupted: checkpoint saved at step {self.step}; "
                                "continue with --resume")
+            elif self._stop_requested:  # the signal came during the last step: it finished
+                self.stop_signal = None
         except OSError as exc:  # e.g. the disk filled up while appending to the metrics
             raise InterludeError(
                 f"could not write {exc.filename or 'a run file'} "
