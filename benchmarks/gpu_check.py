@@ -157,18 +157,7 @@ def step_section(args, report: Report) -> dict[str, float]:
         for name in ALGORITHMS:
             for config, overrides in CONFIGS.items():
                 trainer = make_trainer(name, batch, mu, args.device, overrides, Path(tmp), args)
-                first = _timed(lambda trainer=trainer: trainer.train_step(0), device)
-                for step in range(1, args.warmup + 1):
-                    trainer.train_step(step)
-                peak = "n/a (CPU)"
-                if device.type == "cuda":
-                    sync(device)
-                    torch.cuda.reset_peak_memory_stats(device)
-                seconds = [_timed(lambda s=s, trainer=trainer: trainer.train_step(s), device)
-                           for s in range(args.warmup + 1, args.warmup + 1 + args.reps)]
-                if device.type == "cuda":
-                    peak = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}"
-                it_s = 1 / statistics.median(seconds)
+                first, it_s, peak = measure_steps(trainer, args, device)
                 rates[f"{name}/{config}"] = it_s
                 images = trainer.layout.order.numel()
                 report.add(f"| {name} | {config} | {images} | {it_s:.1f} | {it_s * images:.0f} | "
@@ -214,17 +203,8 @@ def vit_section(args, report: Report) -> None:
         model = build_net(cfg.model, CLASSES, 3, size, fusion_strength=algorithm.fusion_strength)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(cfg, data, model, algorithm, Path(tmp), device)
-            first = _timed(lambda trainer=trainer: trainer.train_step(0), device)
-            for step in range(1, args.warmup + 1):
-                trainer.train_step(step)
-            if device.type == "cuda":
-                sync(device)
-                torch.cuda.reset_peak_memory_stats(device)
-            seconds = [_timed(lambda s=s, trainer=trainer: trainer.train_step(s), device)
-                       for s in range(args.warmup + 1, args.warmup + 1 + args.reps)]
-            peak = (f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}"
-                    if device.type == "cuda" else "n/a (CPU)")
-            it_s = rate = 1 / statistics.median(seconds)
+            first, it_s, peak = measure_steps(trainer, args, device)
+            rate = it_s
             images = trainer.layout.order.numel()
             report.add(f"| {config} | {images} | {it_s:.1f} | {it_s * images:.0f} | {peak} | "
                        f"{first:.1f} |")
@@ -234,6 +214,21 @@ def vit_section(args, report: Report) -> None:
     report.add("", f"The STL-10 ViT configs' 204,800 steps at the bf16 rate: "
                f"{204_800 / rate / 3600:.1f} h." if not args.quick else
                "Quick mode: a tiny ViT at 32 px (checks the code path, not the speed).", "")
+
+
+def measure_steps(trainer: Trainer, args, device: torch.device) -> tuple[float, float, str]:
+    """(first step seconds, median it/s after ``args.warmup`` steps, peak MiB or 'n/a (CPU)')."""
+    first = _timed(lambda: trainer.train_step(0), device)
+    for step in range(1, args.warmup + 1):
+        trainer.train_step(step)
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = [_timed(lambda s=s: trainer.train_step(s), device)
+               for s in range(args.warmup + 1, args.warmup + 1 + args.reps)]
+    peak = (f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda"
+            else "n/a (CPU)")
+    return first, 1 / statistics.median(seconds), peak
 
 
 def _paper(args) -> bool:
