@@ -594,3 +594,12 @@ def test_run_name_cannot_leave_the_output_folder(name):
     with pytest.raises(ConfigError, match="must name a folder inside train.out_dir"):
         load_config(None, [f"train.run_name={name}"])
     assert load_config(None, ["train.run_name=variant/seed0"]).train.run_name == "variant/seed0"
+
+
+def test_predict_fails_when_no_file_could_be_read(tiny_overrides, tmp_path, capsys):
+    run_dir = run(_cfg(tiny_overrides)).run_dir
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert main(["predict", str(run_dir), str(tmp_path / "broken.png")]) == 2
+    out, err = capsys.readouterr()
+    assert "broken.png" in out and "cannot read image" in out  # the row still says why
+    assert err.strip().splitlines()[-1].startswith("error: none of the 1 image file(s)")

@@ -216,6 +216,9 @@ def predict_cli(args) -> int:
         with out.open("w", newline="") as handle:
             write_predictions_csv(handle, predictions)
         print(f"wrote {len(predictions.paths)} predictions to {out}", file=sys.stderr)
+    if skipped == len(predictions.paths):  # the rows are written, but nothing was predicted
+        raise DataError(f"none of the {skipped} image file(s) could be read (the CSV rows say "
+                        "why); check the paths and formats")
     if skipped:
         print(f"warning: {skipped} file(s) could not be read; their rows say why",
               file=sys.stderr)
