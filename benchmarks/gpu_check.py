@@ -157,11 +157,8 @@ def step_section(args, report: Report) -> dict[str, float]:
         for name in ALGORITHMS:
             for config, overrides in CONFIGS.items():
                 trainer = make_trainer(name, batch, mu, args.device, overrides, Path(tmp), args)
-                first, it_s, peak = measure_steps(trainer, args, device)
-                rates[f"{name}/{config}"] = it_s
-                images = trainer.layout.order.numel()
-                report.add(f"| {name} | {config} | {images} | {it_s:.1f} | {it_s * images:.0f} | "
-                           f"{peak} | {first:.1f} |")
+                rates[f"{name}/{config}"], cells = measure_steps(trainer, args, device)
+                report.add(f"| {name} | {config} | {cells}")
                 del trainer
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -203,11 +200,8 @@ def vit_section(args, report: Report) -> None:
         model = build_net(cfg.model, CLASSES, 3, size, fusion_strength=algorithm.fusion_strength)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(cfg, data, model, algorithm, Path(tmp), device)
-            first, it_s, peak = measure_steps(trainer, args, device)
-            rate = it_s
-            images = trainer.layout.order.numel()
-            report.add(f"| {config} | {images} | {it_s:.1f} | {it_s * images:.0f} | {peak} | "
-                       f"{first:.1f} |")
+            rate, cells = measure_steps(trainer, args, device)
+            report.add(f"| {config} | {cells}")
             del trainer
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -216,8 +210,9 @@ def vit_section(args, report: Report) -> None:
                "Quick mode: a tiny ViT at 32 px (checks the code path, not the speed).", "")
 
 
-def measure_steps(trainer: Trainer, args, device: torch.device) -> tuple[float, float, str]:
-    """(first step seconds, median it/s after ``args.warmup`` steps, peak MiB or 'n/a (CPU)')."""
+def measure_steps(trainer: Trainer, args, device: torch.device) -> tuple[float, str]:
+    """Median it/s after ``args.warmup`` steps, and the table cells ``images/step | it/s |
+    img/s | peak MiB (n/a on CPU) | first step s |``."""
     first = _timed(lambda: trainer.train_step(0), device)
     for step in range(1, args.warmup + 1):
         trainer.train_step(step)
@@ -228,7 +223,9 @@ def measure_steps(trainer: Trainer, args, device: torch.device) -> tuple[float, 
                for s in range(args.warmup + 1, args.warmup + 1 + args.reps)]
     peak = (f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda"
             else "n/a (CPU)")
-    return first, 1 / statistics.median(seconds), peak
+    it_s = 1 / statistics.median(seconds)
+    images = trainer.layout.order.numel()
+    return it_s, f"{images} | {it_s:.1f} | {it_s * images:.0f} | {peak} | {first:.1f} |"
 
 
 def _paper(args) -> bool:
