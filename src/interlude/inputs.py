@@ -50,7 +50,8 @@ def is_path_list(X: Any) -> bool:
 def read_image(path: str | os.PathLike, channels: int, height: int, width: int,
                interpolation: str = "bilinear") -> np.ndarray:
     """One image file as uint8 ``(channels, height, width)``, decoded as the imagefolder loader."""
-    from interlude.data.folder import _to_luma, decode_image
+    from interlude.data.cache import to_luma
+    from interlude.data.decode import decode_image
 
     path = Path(path)
     if not path.is_file():
@@ -59,7 +60,7 @@ def read_image(path: str | os.PathLike, channels: int, height: int, width: int,
         rgb, _ = decode_image(path, (height, width), interpolation)
     except Exception as exc:  # PIL raises many types for damaged or non-image files
         raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None
-    return _to_luma(rgb[None])[0] if channels == 1 else rgb
+    return to_luma(rgb[None])[0] if channels == 1 else rgb
 
 
 def read_images(
@@ -67,13 +68,13 @@ def read_images(
     interpolation: str = "bilinear",
 ) -> np.ndarray:
     """Image files as uint8 ``(N, C, H, W)``; ``channels=None`` picks 1 when every file is gray."""
-    from interlude.data.folder import _to_luma
+    from interlude.data.cache import to_luma
 
     rgb = np.stack([read_image(p, 3, height, width, interpolation) for p in paths])
     if channels is None:
         gray = all((im[0] == im[1]).all() and (im[1] == im[2]).all() for im in rgb)
         channels = 1 if gray else 3
-    return _to_luma(rgb) if channels == 1 else rgb
+    return to_luma(rgb) if channels == 1 else rgb
 
 
 # ----------------------------------------------------------------------------- arrays

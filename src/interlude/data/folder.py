@@ -38,7 +38,7 @@ import numpy as np
 
 from interlude.config import DataConfig
 from interlude.data.base import UNLABELED, ImageSet, RawDataset
-from interlude.data.cache import cache_root, to_luma
+from interlude.data.cache import cache_root
 from interlude.data.decode import DepthSummary, decode_image
 from interlude.data.folder_sets import FolderSet, as_luma, decode_set
 from interlude.data.registry import register_dataset
@@ -54,7 +54,7 @@ DEFAULT_RESOLUTION = 32
 TMED2_CLASSES = ["PLAX", "PSAX", "A4C", "A2C"]
 TMED2_RESOLUTION = 112
 _MAX_12_BIT = 4095
-_to_luma = to_luma  # used by interlude.inputs
+
 
 # --------------------------------------------------------------------------- finding files
 def _hidden(name: str) -> bool:

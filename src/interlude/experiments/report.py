@@ -180,10 +180,8 @@ def group_variants(runs: list[Run]) -> list[Variant]:
     for run in runs:
         config = {k: v for k, v in run.config.items() if k not in IGNORED_KEYS}
         # the same rule as resume and sweeps: config.diff, bookkeeping keys and keys only one
-        # side knows (added by a newer version) ignored; seeds are what a variant groups
-        match = next((v for v in variants if not [
-            d for d in diff(v.config, config) if not d.startswith("train.seed:")
-        ]), None)
+        # side knows (added by a newer version) ignored; the seed is left out of ``config`` above
+        match = next((v for v in variants if not diff(v.config, config)), None)
         if match is None:
             match = Variant(config)
             variants.append(match)

@@ -7,7 +7,7 @@
         data = build_data(cfg.data)             # labeled / unlabeled / val / test
         cfg = resolve_config(cfg, data)         # model.arch=auto resolved, once
         check_resumable(...)                    # resume: compatible before anything is written
-        trainer = build_trainer(cfg, data, ...) # model (fusion fixed), algorithm, Trainer
+        trainer = _assemble(cfg, data, ...)     # algorithm, model (fusion fixed), Trainer
         write config.yaml + split.json          # (after --overwrite cleared the old run)
         trainer.fit()
 
@@ -129,13 +129,17 @@ def build_trainer(
     ``pretrained=False`` skips ``model.pretrained`` (random init): a resumed run overwrites every
     weight from its checkpoint, so it needs neither the weights file nor the network.
     """
-    dist = dist or DistContext()
+    cfg = resolve_inputs(cfg)
+    data = data if data is not None else build_data(cfg.data)
+    return _assemble(resolve_config(cfg, data), data, run_dir, dist or DistContext(), pretrained)
+
+
+def _assemble(cfg: Config, data: SSLData, run_dir: RunDir | Path, dist: DistContext,
+              pretrained: bool) -> Trainer:
+    """Algorithm, model and Trainer for a config already resolved against ``data``."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device, dist)
-    cfg = resolve_inputs(cfg)
-    data = data if data is not None else build_data(cfg.data)
-    cfg = resolve_config(cfg, data)
     torch.manual_seed(cfg.train.seed)
     weights = class_weights_for(data) if cfg.data.class_weighted_loss else None
     algorithm = build_algorithm(
@@ -236,7 +240,7 @@ def _run_owned(cfg: Config, run_dir: RunDir, dist: DistContext, resume: bool,
     cfg = resolve_config(cfg, data)
     if checkpoint is not None:
         check_resumable(checkpoint, cfg, data, run_dir)
-    trainer = build_trainer(cfg, run_dir, data, dist, pretrained=checkpoint is None)
+    trainer = _assemble(cfg, data, run_dir, dist, pretrained=checkpoint is None)
     if checkpoint is not None:
         trainer.restore(checkpoint)
         log.info("resumed %s at step %d", run_dir.path, trainer.step)

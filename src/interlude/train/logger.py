@@ -96,8 +96,8 @@ def _truncate_csv(path: Path, last_step: int) -> None:
     if not path.exists():
         return
     lines = path.read_text(errors="replace").splitlines()
-    kept = [line for line in lines[1:] if _csv_step(line) is not None
-            and _csv_step(line) <= last_step and len(line.split(",")) == len(TRAIN_COLUMNS)]
+    kept = [line for line in lines[1:] if (step := _csv_step(line)) is not None
+            and step <= last_step and len(line.split(",")) == len(TRAIN_COLUMNS)]
     header = lines[:1] if lines and lines[0].startswith("step,") else [",".join(TRAIN_COLUMNS)]
     write_atomic(path, "".join(line + "\n" for line in header + kept))
 
