@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +63,11 @@ from interlude.data.augment import (
     weak_augment,
     weak_augment_per_image,
 )
-from interlude.data.base import ImageSet, SSLData
+from interlude.data.base import SSLData
 from interlude.data.sampler import StepSampler
-from interlude.nets import build_net, fuse_with_next
+from interlude.data.synthetic import synthetic_data
+from interlude.nets import fuse_with_next
+from interlude.train import build_trainer
 from interlude.train.forward import permute_rows
 from interlude.train.loop import Trainer
 from interlude.train.opcount import AUGMENT_RANGE, count_aten_ops, floor_step_fn, step_op_counts
@@ -84,38 +86,22 @@ class FixMatch4(FixMatch):
 
 
 # ---------------------------------------------------------------------- setup
-def synthetic_data(labeled: int = 400, unlabeled: int = 4000, seed: int = 0,
-                   size: int = SIZE) -> SSLData:
-    """Random RGB images (32x32 unless ``size``): speed does not depend on the pixels."""
-    rs = np.random.RandomState(seed)
-    images = rs.randint(0, 256, (labeled + unlabeled, 3, size, size), dtype=np.uint8)
-    labels = np.arange(labeled) % CLASSES
-    return SSLData(
-        labeled=ImageSet(images[:labeled], labels),
-        unlabeled=ImageSet(images[labeled:], np.full(unlabeled, -1)),
-        test=None, val=None, class_names=[str(c) for c in range(CLASSES)],
-        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), hflip=True,
-    )
-
-
 def make_trainer(
-    name: str, batch: int, mu: int, device: str, precision: str, data: SSLData, run_dir: Path
+    name: str, batch: int, mu: int, device: str, precision: str, data: SSLData, run_dir: Path,
+    overrides: Sequence[str] = (), arch: str = "wrn28_2",
 ) -> Trainer:
-    """A real Trainer (the code path training uses) for one algorithm and batch."""
+    """A Trainer built by the function a real run uses (``interlude.train.build_trainer``: the
+    algorithm's fusion strength, seeding, precision, channels_last, compile), on ``data``."""
     base = "fixmatch" if name == "fixmatch4" else name
     cfg = load_config(None, [
-        "model.arch=wrn28_2", f"algorithm.name={base}", f"train.batch_size={batch}",
+        f"model.arch={arch}", f"algorithm.name={base}", f"train.batch_size={batch}",
         f"train.mu={mu}", f"train.device={device}", f"train.precision={precision}",
-        "train.steps=1000000", "train.progress=false",
+        "train.steps=1000000", "train.progress=false", *overrides,
     ])
-    torch.manual_seed(0)
-    model = build_net(cfg.model, CLASSES, 3, SIZE, "cifar10")
-    algorithm = (
-        FixMatch4(cfg.algorithm, CLASSES) if name == "fixmatch4"
-        else build_algorithm(cfg.algorithm, CLASSES, num_unlabeled=len(data.unlabeled))
-    )
-    trainer = Trainer(cfg, data, model, algorithm, run_dir, torch.device(device))
-    if name == "fixmatch4":
+    trainer = build_trainer(cfg, run_dir, data=data)
+    if name == "fixmatch4":  # the same net (FixMatch has no fusion), four views in natural order
+        algorithm = FixMatch4(trainer.cfg.algorithm, data.num_classes)
+        trainer = Trainer(trainer.cfg, data, trainer.model, algorithm, run_dir, trainer.device)
         _natural_layout(trainer)
     return trainer
 

@@ -194,6 +194,28 @@ def test_single_process_context_is_a_no_op():
     assert ctx.all_reduce_mean(value) is value
 
 
+def test_one_process_under_torchrun_runs_ddp(monkeypatch):
+    """``torchrun --nproc_per_node=1`` joins a process group and DDP-wraps the model: the one-GPU
+    check of a DDP job runs the same code path as eight GPUs."""
+    import torch.distributed as torch_dist
+
+    from interlude.train.distributed import init_from_env, launched_by_torchrun
+
+    for key, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(key, value)
+    assert launched_by_torchrun()
+    ctx = init_from_env("cpu")
+    try:
+        assert ctx.enabled and ctx.world_size == 1 and torch_dist.get_backend() == "gloo"
+        wrapped = ctx.wrap(nn.Linear(2, 2))
+        assert isinstance(wrapped, nn.parallel.DistributedDataParallel)
+        assert ctx.all_reduce_mean(torch.ones(2)).tolist() == [1.0, 1.0]
+        assert ctx.any_rank(True, torch.device("cpu"))
+    finally:
+        torch_dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     _rank_main(Path(sys.argv[1]))

@@ -87,3 +87,15 @@ def test_no_indices_is_a_clear_error():
     logits = ViewLogits(lw=torch.zeros(1, 2), uw=torch.zeros(2, 2), us=torch.zeros(2, 2))
     with pytest.raises(ValueError, match="unlabeled indices"):
         algo.loss(logits, Batch(labels=torch.tensor([0])), step=0)
+
+
+def test_learning_effect_counts_without_bincount(monkeypatch):
+    """``torch.bincount`` reads min/max back to the host on CUDA (a wait every step): the counts
+    come from a fixed-size ``scatter_add_`` and equal bincount's."""
+    selected = torch.tensor([-1, 2, 2, 0, -1, 1, 2, 2, -1, 0])
+    expected = torch.bincount(selected + 1, minlength=4).float()
+    monkeypatch.setattr(torch, "bincount", lambda *a, **k: pytest.fail("bincount called"))
+    beta = class_learning_effect(selected, num_classes=3, warmup=True)
+    assert beta.tolist() == pytest.approx((expected[1:] / expected.max()).tolist())
+    assert class_learning_effect(selected, 3, warmup=False).tolist() == pytest.approx(
+        [0.5, 0.25, 1.0])

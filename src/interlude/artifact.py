@@ -355,6 +355,16 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the global generators; CUDA devices are matched by index.
+
+    A checkpoint written on a machine with N GPUs holds N CUDA states: resumed where fewer GPUs
+    are visible, the states of the missing devices are dropped (they drove no rank here), and
+    devices beyond those saved keep their own state.
+    """
+    if not isinstance(state, dict) or not isinstance(state.get("torch"), torch.Tensor) or (
+            not isinstance(state.get("cuda", []), (list, tuple))):
+        raise TypeError("rng state: expected {'torch': tensor, 'cuda': [tensor, ...]}")
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)

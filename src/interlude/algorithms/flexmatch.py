@@ -21,8 +21,13 @@ __all__ = ["FlexMatch", "class_learning_effect", "flexible_thresholds", "remembe
 def class_learning_effect(
     selected_label: torch.Tensor, num_classes: int, warmup: bool
 ) -> torch.Tensor:
-    """beta_c from the per-image assignments (-1 = unused); all zeros while nothing is assigned."""
-    counts = torch.bincount(selected_label + 1, minlength=num_classes + 1).float()
+    """beta_c from the per-image assignments (-1 = unused); all zeros while nothing is assigned.
+
+    Counted with ``scatter_add_`` into a buffer of fixed size: ``torch.bincount`` on a CUDA tensor
+    reads the input's min and max back to the host to size its output (two waits every step).
+    """
+    counts = torch.zeros(num_classes + 1, dtype=torch.float32, device=selected_label.device)
+    counts.scatter_add_(0, selected_label + 1, torch.ones_like(selected_label, dtype=counts.dtype))
     per_class = counts[1:]
     denominator = counts.max() if warmup else per_class.max()
     beta = per_class / denominator.clamp_min(1.0)

@@ -35,11 +35,14 @@ log = logging.getLogger("interlude")
 
 @dataclass
 class DistContext:
-    """This process's place in the job; ``world_size == 1`` means no process group."""
+    """This process's place in the job; without ``torchrun`` there is no process group."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False
+    """Started by ``torchrun``: a process group runs and the model is DDP-wrapped, also for one
+    process (so a one-GPU ``torchrun`` exercises the same code path as eight)."""
 
     @property
     def is_main(self) -> bool:
@@ -47,7 +50,7 @@ class DistContext:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.launched or self.world_size > 1
 
     # ------------------------------------------------------------------ model
     def wrap(self, model: nn.Module, sync_bn: bool = False) -> nn.Module:
@@ -67,6 +70,9 @@ class DistContext:
                 )
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         device_ids = [self.local_rank] if on_cuda else None
+        if self.is_main:
+            log.info("DDP over %d process(es), backend %s", self.world_size,
+                     torch_dist.get_backend())
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     def broadcast_buffers(self, module: nn.Module) -> None:
@@ -134,14 +140,14 @@ def _destroy_group() -> None:
 
 
 def init_from_env(device: str = "auto") -> DistContext:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``).
+    """Join the process group when launched by ``torchrun`` (any number of processes, one too).
 
     The backend is NCCL when this rank trains on CUDA and gloo otherwise (``train.device=cpu``
     on a GPU machine included). Ranks other than 0 log warnings only.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if not launched_by_torchrun():
         return DistContext()
+    world_size = int(os.environ["WORLD_SIZE"])
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and not device.startswith("cpu")
@@ -152,4 +158,9 @@ def init_from_env(device: str = "auto") -> DistContext:
         atexit.register(_destroy_group)
     if rank != 0:
         log.setLevel(logging.WARNING)
-    return DistContext(rank, world_size, local_rank)
+    return DistContext(rank, world_size, local_rank, launched=True)
+
+
+def launched_by_torchrun() -> bool:
+    """``torchrun`` (or any ``env://`` launcher) set the rendezvous variables of this process."""
+    return all(key in os.environ for key in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"))

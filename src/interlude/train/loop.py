@@ -329,12 +329,12 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.algorithm.load_state_dict(state["algorithm"])
+            set_rng_state(state["rng"])
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(
                 f"the checkpoint does not match this model/algorithm: "
                 f"{str(exc).splitlines()[0][:200]}"
             ) from None
-        set_rng_state(state["rng"])
         self.step = self.saved_step = checkpoint.step
         self.best = checkpoint.best
         self.last_eval = checkpoint.last_eval
