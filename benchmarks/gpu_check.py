@@ -79,8 +79,12 @@ CONFIGS = {  # name -> train.* overrides
     "fp32": ["train.precision=fp32", "train.channels_last=false"],
     "bf16": ["train.precision=bf16", "train.channels_last=false"],
     "bf16 + channels_last": ["train.precision=bf16", "train.channels_last=true"],
+    "bf16 + channels_last, no cudnn.benchmark": ["train.precision=bf16",
+                                                 "train.channels_last=true",
+                                                 "train.cudnn_benchmark=false"],
 }
 COMPILED = ["train.precision=bf16", "train.channels_last=true", "train.compile=true"]
+COMPILE_MODES = ("reduce-overhead", "default")  # the faster one first
 GOAL_IT_S, AIM_IT_S = 75.0, 150.0  # InterLUDE, bf16, paper batch
 RUN_STEPS = 2**20
 ANCHORS = ("kekmodel's FixMatch, A100 + AMP: about 6 h a run (~48 it/s); "
@@ -224,7 +228,8 @@ def env_section(args, report: Report, clock: Clock) -> None:
 
 # ---------------------------------------------------------------------- 2. tests
 def tests_section(args, report: Report, clock: Clock) -> None:
-    base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:logging",
+            "--tb=short"]
     if args.device != "cuda":
         out = subprocess.run([*base, "--collect-only", "-m", "cuda", "tests"], cwd=ROOT,
                              env=subprocess_env(), capture_output=True, text=True,
@@ -245,6 +250,9 @@ def tests_section(args, report: Report, clock: Clock) -> None:
         if done.returncode != 0:
             report.fail(f"pytest {' '.join(command)}")
             report.add("", "```", tail(done.stdout, 4000), "```", "")
+            if report.out is not None:
+                log = report.out.with_name(f"pytest-{command[-1].replace('/', '_')}.txt")
+                log.write_text(done.stdout + done.stderr)
     report.add("")
 
 
@@ -257,7 +265,7 @@ def step_section(args, report: Report, clock: Clock) -> None:
                "| algorithm | config | images/step | it/s | img/s | peak MiB | first step s | "
                "pipeline img/s | 2^20 steps h |", "|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ALGORITHMS:
+        for name in args.algorithms:
             for config, overrides in CONFIGS.items():
                 trainer = trainer_for(name, args, overrides, Path(tmp))
                 args.rates[f"{name}/{config}"], cells = measure_steps(trainer, args)
@@ -292,11 +300,10 @@ def measure_steps(trainer: Trainer, args) -> tuple[float, str]:
     | peak MiB | first step s | pipeline img/s | 2^20 steps h |``."""
     device = trainer.device
     first = _timed(lambda: trainer.train_step(0), device)
+    if device.type == "cuda":  # after compilation and cuDNN's timing runs, before CUDA graphs
+        torch.cuda.reset_peak_memory_stats(device)
     for step in range(1, args.warmup + 1):
         trainer.train_step(step)
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
     start = args.warmup + 1
     seconds = [_timed(lambda s=s: trainer.train_step(s), device)
                for s in range(start, start + args.reps)]
@@ -397,7 +404,7 @@ def ops_section(args, report: Report, clock: Clock) -> None:
                "| algorithm | augmentation (all views) | input pipeline | model step |",
                "|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ALGORITHMS:
+        for name in args.algorithms:
             trainer = trainer_for(name, args, CONFIGS["bf16"], Path(tmp))
             ops = step_op_counts(trainer, 1)
             report.add(f"| {name} | {ops.augmentation} | {ops.input.total} | "
@@ -420,26 +427,30 @@ def profile_section(args, report: Report, clock: Clock) -> None:
         for step in range(3):
             trainer.train_step(step)
         device = trainer.device
+        plain_ms = 1e3 * statistics.median(
+            [_timed(lambda s=s: trainer.train_step(s), device) for s in range(3, 3 + steps)])
         sync(device)
         started = time.perf_counter()
         with profile(activities=activities) as prof:
-            for step in range(3, 3 + steps):
+            for step in range(3 + steps, 3 + 2 * steps):
                 trainer.train_step(step)
             sync(device)
         wall_ms = (time.perf_counter() - started) * 1e3 / steps
     events = prof.key_averages()
     if args.device == "cuda":
-        kernels = [e for e in events if _device_time(e) > 0 and "CUDA" in str(e.device_type)]
+        kernels = [e for e in events if _device_time(e) > 0 and "CUDA" in str(e.device_type)
+                   and not e.key.startswith("interlude::")]  # a range is not a kernel
         if not kernels:
             report.add("The profiler recorded no CUDA kernels.", "")
             return
         busy_ms = sum(_device_time(e) for e in kernels) / 1e3 / steps
         launches = sum(e.count for e in kernels) / steps
-        bound = ("the GPU is busy most of the step: kernel time binds" if busy_ms > 0.8 * wall_ms
-                 else "the GPU idles between kernels: launch/host overhead binds")
-        report.add(f"InterLUDE, {config}, {steps} steps profiled (profiler overhead included): "
-                   f"wall {wall_ms:.2f} ms/step, GPU busy {busy_ms:.2f} ms/step "
-                   f"({100 * busy_ms / wall_ms:.0f}%), {launches:.0f} kernels/step: {bound}.", "",
+        bound = ("the GPU is busy most of the step: kernel time binds" if busy_ms > 0.8 * plain_ms
+                 else "the GPU idles part of the step: host dispatch/launch overhead binds")
+        report.add(f"InterLUDE, {config}: {plain_ms:.2f} ms/step unprofiled ({wall_ms:.2f} under "
+                   f"the profiler); kernels {busy_ms:.2f} ms/step on the GPU "
+                   f"({100 * busy_ms / plain_ms:.0f}% of the step), {launches:.0f} kernels/step: "
+                   f"{bound}.", "",
                    "| kernel | calls/step | GPU ms/step | share |", "|---|---|---|---|")
         for e in sorted(kernels, key=_device_time, reverse=True)[:12]:
             ms = _device_time(e) / 1e3 / steps
@@ -582,33 +593,34 @@ def compile_section(args, report: Report, clock: Clock) -> None:
                "`first step s` is the compilation).", "",
                "| algorithm | mode | images/step | it/s | img/s | peak MiB | first step s | "
                "pipeline img/s | 2^20 steps h |", "|---|---|---|---|---|---|---|---|---|")
-    original = torch.compile
     with tempfile.TemporaryDirectory() as tmp:
-        for name, mode in (("interlude", "default"), ("fixmatch", "default"),
-                           ("interlude", "reduce-overhead")):
-            if mode != "default":
-                torch.compile = functools.partial(original, mode=mode)
-            try:
-                trainer = trainer_for(name, args, COMPILED, Path(tmp))
-                rate, cells = measure_steps(trainer, args)
-                del trainer
-            except SectionTimeout:
-                raise
-            except Exception as exc:  # noqa: BLE001 (one mode failing keeps the other rows)
-                report.add(f"| {name} | {mode} | FAILED: {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:150] if str(exc) else ''} |")
-                report.fail(f"compile {name} {mode}")
-                continue
-            finally:
-                torch.compile = original
-                free_cuda()
-                torch._dynamo.reset()
-            key = "compile" if mode == "default" else f"compile {mode}"
-            args.rates[f"{name}/bf16 + channels_last + {key}"] = rate
-            report.add(f"| {name} | {mode} | {cells}")
+        for mode in args.compile_modes:
+            for name in args.algorithms:
+                _compiled_row(name, mode, args, report, Path(tmp))
     best = max((v, k) for k, v in args.rates.items() if k.startswith("interlude/"))
     report.add("", f"Best InterLUDE setting: {best[1].split('/', 1)[1]}, {best[0]:.1f} it/s: "
                f"2^20 steps in {hours(best[0]):.1f} h.", "")
+
+
+def _compiled_row(name: str, mode: str, args, report: Report, run_dir: Path) -> None:
+    """One compiled configuration; its failure is a row of the table, not the section's end."""
+    try:
+        trainer = trainer_for(name, args, [*COMPILED, f"train.compile_mode={mode}"], run_dir)
+        rate, cells = measure_steps(trainer, args)
+        del trainer
+    except SectionTimeout:
+        raise
+    except Exception as exc:  # noqa: BLE001 (one mode failing keeps the other rows)
+        first = str(exc).splitlines()[0][:150] if str(exc) else ""
+        report.add(f"| {name} | {mode} | FAILED: {type(exc).__name__}: {first} |")
+        report.fail(f"compile {name} {mode}")
+        return
+    finally:
+        free_cuda()
+        torch._dynamo.reset()
+    key = "compile" if mode == "default" else f"compile {mode}"
+    args.rates[f"{name}/bf16 + channels_last + {key}"] = rate
+    report.add(f"| {name} | {mode} | {cells}")
 
 
 # ---------------------------------------------------------------------- main
@@ -666,6 +678,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None, help="timed steps (default 30)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 5)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
+    parser.add_argument("--compile-modes", nargs="+", default=list(COMPILE_MODES),
+                        choices=COMPILE_MODES)
     parser.add_argument("--budget-s", type=float, default=None,
                         help="the whole run's time limit in seconds (default 480 on a GPU)")
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown here too")

@@ -142,20 +142,26 @@ def test_wrn_step_in_bf16_matches_fp32(tmp_path, monkeypatch):
     assert worst < 1e-2, worst  # lr 0.03 x a gradient that differs by a few %
 
 
-def test_compiled_step_matches_eager(tmp_path):
-    """Inductor's step equals the eager step: the same losses over 3 steps and the same
-    weights after them, within fp32 reordering of reductions."""
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_step_matches_eager(tmp_path, monkeypatch, mode):
+    """Inductor's step (and its CUDA-graph replay) equals the eager step: the same losses over
+    3 steps and the same weights after them, within fp32 reordering of reductions (1e-3).
+
+    TF32 is off: with it, eager and inductor may pick different cuDNN algorithms, each rounding
+    inputs to 10 bits, which moves a loss by about 1e-3 on its own."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     eager = _trainer_small(tmp_path, "eager", "train.compile=false")
-    compiled = _trainer_small(tmp_path, "compiled", "train.compile=true")
+    compiled = _trainer_small(tmp_path, "compiled", "train.compile=true",
+                              f"train.compile_mode={mode}")
     assert compiled.train_model is not compiled.model
     for step in range(3):
         a = eager.train_step(step)["loss"].item()
         b = compiled.train_step(step)["loss"].item()
-        assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (step, a, b)
+        assert abs(a - b) <= 1e-3 * max(1.0, abs(a)), (step, a, b)
     for (key, a), b in zip(eager.model.state_dict().items(),
                            compiled.model.state_dict().values(), strict=True):
         if a.is_floating_point():
-            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), key
+            assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), (key, (a - b).abs().max().item())
 
 
 def _trainer_small(tmp_path, name: str, *overrides: str):

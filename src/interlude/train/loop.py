@@ -84,7 +84,10 @@ class Trainer:
         self.ema = ModelEMA(model, t.ema_decay) if t.ema_decay > 0 else None
         self.train_model = self.dist.wrap(model, t.sync_bn)
         if t.compile:
-            self.train_model = torch.compile(self.train_model)
+            mode = None if t.compile_mode == "default" else t.compile_mode
+            self.train_model = torch.compile(self.train_model, mode=mode)
+        if device.type == "cuda":  # every step has the same shapes: time cuDNN's algorithms once
+            torch.backends.cudnn.benchmark = t.cudnn_benchmark
         local_batch = t.batch_size // self.dist.world_size
         mu = t.mu if algorithm.uses_unlabeled else 0
         self.layout = build_layout(algorithm.views, local_batch, mu, cfg.algorithm.layout)
