@@ -307,10 +307,11 @@ class TrainConfig:
     """Wrap the model in torch.compile."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs",
                           "max-autotune"] = "default"
-    """torch.compile mode when `compile: true`; reduce-overhead replays the step's kernels as CUDA
-    graphs (no per-kernel launch cost: the fastest step measured on an H200, benchmarks/RESULTS.md)."""
-    cudnn_benchmark: bool = True
-    """Let cuDNN time its convolution algorithms once for the step's fixed shapes (CUDA only)."""
+    """torch.compile mode when `compile: true`; reduce-overhead replays the model's kernels as CUDA
+    graphs (no per-kernel launch cost)."""
+    cudnn_benchmark: bool = False
+    """Let cuDNN time its convolution algorithms at the first step (CUDA only); no gain measured
+    for WRN-28-2 at the paper batch on an H200, where the step is not convolution-bound."""
     augment_on: Literal["device", "workers"] = "device"
     """Batched augmentation on the training device, or per-image in DataLoader workers."""
     num_workers: int = setting(2, ge=0, bookkeeping=True)
