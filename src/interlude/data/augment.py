@@ -428,10 +428,11 @@ class _Round:
     blend: int | None  # magnitudes of the blend rows
     solo: list[int]
     """Sharpness rows (grey images only; counted from the first Sharpness row) to filter alone:
-    the only Sharpness image of its view in this round. A depthwise convolution of a single grey
-    image rounds differently (by one float ulp) from a batched one, and the previous
-    implementation filtered each view's Sharpness images as one batch; this keeps the views
-    bit-identical to it."""
+    the only Sharpness image of its view in this round. The convolution of a single grey image
+    can round differently (by one float ulp) from a batched one, and from itself with padding
+    (oneDNN picks another kernel on some CPUs, e.g. with AVX-512); the previous implementation
+    filtered each view's Sharpness images as one batch, without padding, so these rows are
+    filtered that way, alone, which keeps the views bit-identical to it."""
     posterize: int | None  # magnitude of each (Posterize or Equalize row, channel)
     solarize: int | None  # magnitude of each (level row, channel); 0 (threshold 256) if not Solarize
 
@@ -471,7 +472,7 @@ class _StrongPlan:
             levels = slice(start[_F_POSTERIZE], start[_F_UNTOUCHED])
             sharp = order[start[_F_SHARPNESS]:start[_F_POSTERIZE]]
             alone = np.bincount(view_of[sharp], minlength=view_of[-1] + 1)[view_of[sharp]] == 1
-            solo = [] if channels != 1 or len(sharp) == 1 else np.flatnonzero(alone).tolist()
+            solo = np.flatnonzero(alone).tolist() if channels == 1 else []
             self.rounds.append(_Round(
                 sizes=[int(v) for v in (count[_F_AFFINE], count[_F_AUTOCONTRAST],
                                         blends.stop - blends.start,
@@ -577,13 +578,13 @@ def _blends(x: Tensor, rnd: _Round, parts: list[Tensor], t: _StrongTables) -> No
             if n_contrast:
                 mean = grey_contrast.sum((1, 2, 3), keepdim=True) / t.area  # what mean() does
                 level_base.copy_((mean * t.level + t.half).floor_() / t.level)
-        if n_sharpness:
+        if len(rnd.solo) < n_sharpness:
             torch.where(t.interior, F.conv2d(sharp, t.smooth, padding=1, groups=c), sharp,
                         out=smooth)
-            for i in rnd.solo:  # see _Round.solo
-                one = sharp[i:i + 1]
-                torch.where(t.interior, F.conv2d(one, t.smooth, padding=1), one,
-                            out=smooth[i:i + 1])
+        for i in rnd.solo:  # see _Round.solo: filtered as the previous implementation did
+            one = sharp[i:i + 1]
+            smooth[i:i + 1].copy_(one)
+            smooth[i:i + 1, :, 1:-1, 1:-1] = F.conv2d(one, t.smooth)
     factor = t.enhance.index_select(0, parts[rnd.blend]).view(g, 1, 1, 1)
     torch.clamp(base + factor * (x - base), t.zero, t.one, out=x)
 
