@@ -360,7 +360,7 @@ class _StrongTables:
 
 
 AFFINE_MAPS_MAX_BYTES = 32 << 20
-"""Largest table of geometric-op pixel maps :func:`_strong_tables` keeps (32 px: 0.9 MB)."""
+"""Largest table of geometric-op pixel maps :func:`_strong_tables` keeps (32 px: 0.8 MB)."""
 
 
 @functools.lru_cache(maxsize=16)
