@@ -2,6 +2,7 @@
 
     python benchmarks/augment_speed.py [--device cpu|cuda] [--batch 448] [--size 32] [--threads 2]
     python benchmarks/augment_speed.py --steps 2x7 8x7 64x7 --threads 1   # whole steps, old vs new
+    python benchmarks/augment_speed.py --threads 1 --against 904f2db      # vs a commit's code
 
 Both pipelines turn uint8 images into float ``(N, C, H, W)`` views in ``[0, 1]``: "weak+strong" is
 what a FixMatch strong view costs (flip + pad-crop, RandAugmentMC n=2, Cutout). The per-image
@@ -11,13 +12,19 @@ the median over repeated batches after a warm-up; prints a Markdown table.
 ``--steps B x mu ...`` times a training step's views instead (weak lw/uw/ls/us, strong ls/us):
 ``augment_views`` against the per-view implementation it replaced (kept verbatim in
 ``tests/augment_reference.py``), interleaved so machine noise hits both alike.
+
+``--against REV`` also times the batched weak+strong view of ``src/interlude/data/augment.py`` as
+it was at git revision ``REV`` against the working tree's, interleaved in the same process (same
+images, same seeds), and prints the median and the interquartile range of images/s for each.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interlude.data import augment as current_augment
 from interlude.data.augment import (
     augment_views,
     strong_augment,
@@ -94,6 +102,44 @@ def _step_views_ms(batch: int, mu: int, device: torch.device,
     return statistics.median(times["previous"]) * 1e3, statistics.median(times["new"]) * 1e3
 
 
+def augment_module_at(revision: str):
+    """``interlude.data.augment`` as it was at git ``revision``, loaded as a separate module."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{revision}:src/interlude/data/augment.py"],
+                            cwd=root, capture_output=True, text=True, check=True).stdout
+    name = f"augment_at_{revision}"
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))
+    sys.modules[name] = module  # dataclasses look their module up
+    exec(compile(source, f"{revision}:augment.py", "exec"), module.__dict__)
+    return module
+
+
+def against_table(revision: str, batch_uint8: torch.Tensor, device: torch.device,
+                  repeats: int) -> None:
+    """images/s of weak+strong, ``revision``'s code vs the working tree's, interleaved."""
+    modules = {revision: augment_module_at(revision), "working tree": current_augment}
+    times: dict[str, list[float]] = {name: [] for name in modules}
+    n = len(batch_uint8)
+    for rep in range(repeats + 2):
+        for name in (list(modules) if rep % 2 else list(modules)[::-1]):
+            module = modules[name]
+            generator = torch.Generator(device=device).manual_seed(rep)
+            started = time.perf_counter()
+            module.strong_augment(module.weak_augment(to_float(batch_uint8), generator, True),
+                                  generator)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if rep >= 2:
+                times[name].append(time.perf_counter() - started)
+    print(f"\nbatched weak+strong, interleaved, {repeats} batches each\n")
+    print("| code | median ms / batch | images/s (median) | images/s (25th-75th pct) |")
+    print("|---|---:|---:|---:|")
+    for name, seconds in times.items():
+        low, high = np.quantile(seconds, [0.75, 0.25])
+        median = statistics.median(seconds)
+        print(f"| {name} | {1e3 * median:.1f} | {n / median:,.0f} | {n / low:,.0f}-{n / high:,.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -103,6 +149,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--steps", nargs="+", default=None, metavar="BxMU",
                         help="time whole steps' views (previous vs augment_views) instead")
+    parser.add_argument("--against", default=None, metavar="REV",
+                        help="also time weak+strong of augment.py at git revision REV, interleaved")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -139,6 +187,8 @@ def main() -> None:
     for name, dev, seconds in rows:
         print(f"| {name} | {dev} | {1e3 * seconds:.1f} | {args.batch / seconds:,.0f} "
               f"| {baseline / seconds:.1f}x |")
+    if args.against:
+        against_table(args.against, batch_uint8, device, args.repeats)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ Sections (``--sections``, default all):
   configuration runs in a fresh subprocess and reports the growth of the peak resident set
   (``VmHWM`` after ``clear_refs``) during one step, with glibc told to return large blocks.
 - ``augment``: images/s of a strong view (flip + pad-crop, RandAugment n=2, Cutout) at 32x32:
-  per-image PIL in one process, batched tensors on the device, and the ``augment_on: workers``
-  DataLoader with ``--workers`` processes.
+  per-image PIL in one process, batched tensors on ``--device`` (the plan drawn on the host, as
+  in training; the same batched code serves the CPU and the GPU, so run the section once per
+  device for both figures), and the ``augment_on: workers`` DataLoader with ``--workers``
+  processes.
 
 Prints Markdown tables (copy them into ``benchmarks/RESULTS.md``).
 """
@@ -376,19 +378,22 @@ def augment_section(args, device: str) -> list[str]:
     dev = torch.device(device)
     x = to_float(torch.from_numpy(images).to(dev))
     generator = torch.Generator(device=dev).manual_seed(0)
+    plan = torch.Generator().manual_seed(1)  # the op plan on the host, as training draws it
 
     def per_image() -> None:
         for a in arrays:
             strong_augment_per_image(weak_augment_per_image(a, rng), rng)
 
     def batched() -> None:
-        strong_augment(weak_augment(x, generator, True), generator)
+        strong_augment(weak_augment(x, generator, True), generator, plan_generator=plan)
 
     rows = ["| pipeline | where | strong views/s |", "|---|---|---|"]
     per_image_rate = n / _median(per_image, dev, args.aug_reps)
     batched_rate = n / _median(batched, dev, args.aug_reps)
     rows.append(f"| per-image PIL | 1 CPU process | {per_image_rate:.0f} |")
-    rows.append(f"| batched tensors | {device} ({args.threads} threads) | {batched_rate:.0f} |")
+    path = "shared CPU/GPU path"  # augment.py has one batched implementation for every device
+    rows.append(f"| batched tensors ({path}) | {device} ({args.threads} threads) | "
+                f"{batched_rate:.0f} |")
     rows.append(f"| workers DataLoader | {args.workers} worker processes | "
                 f"{_workers_rate(data, args):.0f} |")
     rows.append(f"\nbatched / per-image: {batched_rate / per_image_rate:.1f}x")

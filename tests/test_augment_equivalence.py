@@ -131,3 +131,20 @@ def test_training_step_views_equal_previous_pipeline(tmp_path, monkeypatch, resi
         expected = old.old_pipeline_views(xl, xu, builder.views, generator, plan, data.hflip)
         expected = builder.preprocess.normalize(expected)
         assert torch.equal(builder.build(step).x, expected), step
+
+
+def test_geometric_maps_made_per_call_when_the_table_is_too_big(monkeypatch):
+    """Large images compute the geometric ops' source pixels per call instead of looking them up
+    in a table made once: the same maps, so the same views."""
+    x = A.to_float(images(60, 3, 16, 0))
+    expected = {seed: old.strong_augment(x, torch.Generator().manual_seed(seed), prob=1.0)
+                for seed in range(3)}
+    monkeypatch.setattr(A, "AFFINE_MAPS_MAX_BYTES", 0)
+    A._strong_tables.cache_clear()
+    try:
+        for seed in range(3):
+            assert A._strong_tables(x.device, x.dtype, 3, 16, 16, 127 / 255, 8).affine_maps is None
+            got = A.strong_augment(x, torch.Generator().manual_seed(seed), prob=1.0)
+            assert torch.equal(got, expected[seed]), seed
+    finally:
+        A._strong_tables.cache_clear()

@@ -13,14 +13,21 @@ the op plan is drawn on the host, so everything that depends on it (which image 
 per-image parameters, the order in which images are grouped) is worked out in numpy and reaches
 the device as *one* host-to-device copy. Each RandAugment round then reorders the batch once so
 that images sharing an op family are contiguous, runs each family once on its slice and writes
-the result back in place (the five geometric ops as one resampling from a table of affine maps;
-Brightness/Color/Contrast/Sharpness as one blend against a per-image degenerate image;
+the result back in place (the five geometric ops as one gather through a table of the source
+pixel maps of every (op, magnitude, sign), made once per image size; Brightness/Color/Contrast/
+Sharpness as one blend against a per-image degenerate image made on each family's rows;
 Solarize as one ``where``; Posterize/Equalize as one lookup-table gather); the last reordering
 back to natural order and Cutout are one gather and one masked fill. :func:`augment_views` does
 all views of a training step (weak for every view, strong for the strong ones) in one go, about
 400 operators at the paper batch whatever its size; ``interlude.train.opcount`` counts them.
 The previous implementation (one call per op per view) is kept in ``tests/augment_reference.py``
 and the outputs are compared bit for bit.
+
+On a CPU launches are cheap and the time goes to passes over the batch, so each family works on
+its own rows only and nothing is computed per pixel that a table made once can hold (the
+geometric maps, Cutout's row and column ranges); the reorderings use ``index_select`` (about
+twice as fast as advanced indexing on the CPU). The same code serves both devices: on a CPU it
+is faster than the per-op implementation, and it dispatches fewer operators than it did.
 
 Agreement with the PIL reference: the magnitude tables and the lookup-table ops (Equalize,
 Posterize, Solarize) match exactly, and Cutout paints the same square for the same draw; the
@@ -316,9 +323,13 @@ def _pixel_affine(op: Tensor, mag: Tensor, sign: Tensor, h: int, w: int) -> list
 class _StrongTables:
     """Everything constant a strong view needs at one (device, dtype, C, H, W, fill, Cutout
     side), made once: per-magnitude tables, the affine map of every (geometric op, magnitude,
-    sign), pixel grids, and 0-dim constants (a Python number in an op costs extra operators)."""
+    sign) and its source pixels, pixel grids, and 0-dim constants (a Python number in an op
+    costs extra operators)."""
 
     affine: Tensor  # (5 * 10 * 2, 6) float64, row (kind * 10 + magnitude) * 2 + (sign < 0)
+    affine_maps: Tensor | None
+    """(rows of ``affine``, h w) int64: each map's source pixels (:func:`_affine_maps`), when
+    small enough (:data:`AFFINE_MAPS_MAX_BYTES`); resampling is then a lookup, not float64 maths."""
     basis: Tensor  # (1, 1, 3, h w) float64: pixel centre x = u + 0.5, y = v + 0.5, and 1
     last: Tensor  # (1, 2, 1, 1) float64: (w - 1, h - 1), the last column and row
     stride: Tensor  # (1, 2, 1, 1) float64: (1, w), flat index of (x, y)
@@ -330,14 +341,14 @@ class _StrongTables:
     interior: Tensor  # (1, 1, h, w) bool: pixels the SMOOTH filter changes
     identity: Tensor  # (1, 256) int64 levels
     ones: Tensor  # (1, h w) int64, histogram increments
-    pixels_yx: Tensor  # (1, 2, h w) float32: row and column of each flat pixel
+    fill_pixel: Tensor  # (1, 1, 1) the fill, the pixel outside the image
+    lines_yx: Tensor  # (1, 2, max(h, w)) float32: row and column numbers (Cutout)
     zero: Tensor
     one: Tensor
     half: Tensor  # float32 (the uniforms' dtype)
     level: Tensor  # 255.0
     area: Tensor  # h * w (float, the grey mean's divisor)
     fill: Tensor
-    zero64: Tensor
     hw: Tensor  # (2,) float32: (h, w), for Cutout
     half_side: Tensor  # float32 Cutout side / 2
     side: Tensor  # float32 Cutout side
@@ -346,9 +357,10 @@ class _StrongTables:
     long_two: Tensor
     long_level: Tensor  # 255
     long_area: Tensor  # h * w
-    color: Tensor  # the family ids, as int64
-    contrast: Tensor
-    sharpness: Tensor
+
+
+AFFINE_MAPS_MAX_BYTES = 32 << 20
+"""Largest table of geometric-op pixel maps :func:`_strong_tables` keeps (32 px: 0.8 MB)."""
 
 
 @functools.lru_cache(maxsize=16)
@@ -370,13 +382,18 @@ def _strong_tables(device: torch.device, dtype: torch.dtype, c: int, h: int, w: 
     kernel[:, :, 1, 1] = 5
     interior = torch.zeros(1, 1, h, w, dtype=torch.bool)
     interior[..., 1:-1, 1:-1] = True
-    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     float64 = torch.float64
+    affine = affine.to(device)
+    basis = torch.stack([u, v, torch.ones(h, w, dtype=float64)]).view(1, 1, 3, h * w).to(device)
+    last = torch.tensor([w - 1, h - 1], dtype=float64, device=device).view(1, 2, 1, 1)
+    stride = torch.tensor([1, w], dtype=float64, device=device).view(1, 2, 1, 1)
+    maps = None
+    if len(affine) * h * w * 8 <= AFFINE_MAPS_MAX_BYTES:
+        # made on the device, by the very operators that would make them per image
+        maps = torch.cat([_affine_maps(part, basis, last, stride) for part in affine.split(10)])
     return _StrongTables(
-        affine=affine.to(device),
-        basis=torch.stack([u, v, torch.ones(h, w, dtype=float64)]).view(1, 1, 3, h * w).to(device),
-        last=torch.tensor([w - 1, h - 1], dtype=float64, device=device).view(1, 2, 1, 1),
-        stride=torch.tensor([1, w], dtype=float64, device=device).view(1, 2, 1, 1),
+        affine=affine, affine_maps=maps, basis=basis, last=last, stride=stride,
+        fill_pixel=torch.tensor(fill, dtype=dtype, device=device).view(1, 1, 1),
         enhance=torch.tensor(_ENHANCE, dtype=dtype, device=device),
         posterize=(((levels >> shifts) << shifts).to(dtype) / 255).to(device),
         solarize=torch.tensor(_SOLARIZE, device=device),
@@ -386,16 +403,14 @@ def _strong_tables(device: torch.device, dtype: torch.dtype, c: int, h: int, w: 
         interior=interior.to(device),
         identity=levels.view(1, 256).to(device),
         ones=torch.ones(1, h * w, dtype=torch.long, device=device),
-        pixels_yx=torch.stack([rows, cols]).view(1, 2, h * w).to(torch.float32).to(device),
+        lines_yx=torch.arange(max(h, w), dtype=torch.float32).repeat(1, 2, 1).to(device),
         zero=const(0), one=const(1), half=const(0.5, torch.float32), level=const(255),
-        area=const(h * w), fill=const(fill), zero64=const(0, float64),
+        area=const(h * w), fill=const(fill),
         hw=torch.tensor([h, w], dtype=torch.float32, device=device),
         half_side=const(side / 2, torch.float32), side=const(side, torch.float32),
         long_zero=const(0, torch.long), long_one=const(1, torch.long),
         long_two=const(2, torch.long), long_level=const(255, torch.long),
         long_area=const(h * w, torch.long),
-        color=const(_F_COLOR, torch.long), contrast=const(_F_CONTRAST, torch.long),
-        sharpness=const(_F_SHARPNESS, torch.long),
     )
 
 
@@ -411,12 +426,13 @@ class _Round:
     level_sizes: list[int]  # Posterize, Equalize, Solarize
     gather: int | None  # rows of the current batch in this round's order (None: unchanged)
     blend: int | None  # magnitudes of the blend rows
-    blend_kind: int | None  # family of each blend row
     solo: list[int]
-    """Blend rows (grey images only) to filter for Sharpness alone: the only Sharpness image of
-    its view in this round. A depthwise convolution of a single grey image rounds differently
-    (by one float ulp) from a batched one, and the previous implementation filtered each view's
-    Sharpness images as one batch; this keeps the views bit-identical to it."""
+    """Sharpness rows (grey images only; counted from the first Sharpness row) to filter alone:
+    the only Sharpness image of its view in this round. The convolution of a single grey image
+    can round differently (by one float ulp) from a batched one, and from itself with padding
+    (oneDNN picks another kernel on some CPUs, e.g. with AVX-512); the previous implementation
+    filtered each view's Sharpness images as one batch, without padding, so these rows are
+    filtered that way, alone, which keeps the views bit-identical to it."""
     posterize: int | None  # magnitude of each (Posterize or Equalize row, channel)
     solarize: int | None  # magnitude of each (level row, channel); 0 (threshold 256) if not Solarize
 
@@ -445,19 +461,18 @@ class _StrongPlan:
             order = np.argsort(family[:, r], kind="stable")
             count = np.bincount(family[:, r], minlength=_F_UNTOUCHED + 1)
             start = np.concatenate([[0], np.cumsum(count)])
-            kind, mag = family[order, r], mags[order, r]
+            mag = mags[order, r]
             gather = position[order]
             unchanged = count[_F_UNTOUCHED] == n and np.array_equal(gather, np.arange(n))
             blends = slice(start[_F_BRIGHTNESS], start[_F_POSTERIZE])
-            levels = slice(start[_F_POSTERIZE], start[_F_UNTOUCHED])
 
             def slot(rows: slice, values: np.ndarray) -> int | None:
                 return upload.add(values) if rows.stop > rows.start else None
 
+            levels = slice(start[_F_POSTERIZE], start[_F_UNTOUCHED])
             sharp = order[start[_F_SHARPNESS]:start[_F_POSTERIZE]]
             alone = np.bincount(view_of[sharp], minlength=view_of[-1] + 1)[view_of[sharp]] == 1
-            solo = [] if channels != 1 or blends.stop - blends.start == 1 else [
-                int(start[_F_SHARPNESS] - start[_F_BRIGHTNESS] + i) for i in np.flatnonzero(alone)]
+            solo = np.flatnonzero(alone).tolist() if channels == 1 else []
             self.rounds.append(_Round(
                 sizes=[int(v) for v in (count[_F_AFFINE], count[_F_AUTOCONTRAST],
                                         blends.stop - blends.start,
@@ -467,12 +482,11 @@ class _StrongPlan:
                 level_sizes=[int(count[f]) for f in (_F_POSTERIZE, _F_EQUALIZE, _F_SOLARIZE)],
                 gather=None if unchanged else upload.add(gather),
                 blend=slot(blends, mag[blends]),
-                blend_kind=slot(blends, kind[blends]),
                 solo=solo,
                 posterize=slot(slice(start[_F_POSTERIZE], start[_F_EQUALIZE]),
                                np.repeat(mag[start[_F_POSTERIZE]:start[_F_SOLARIZE]], channels)),
                 solarize=slot(slice(start[_F_SOLARIZE], start[_F_UNTOUCHED]), np.repeat(np.where(
-                    kind[levels] == _F_SOLARIZE, mag[levels], 0), channels)),  # 0: 256, no-op
+                    family[order[levels], r] == _F_SOLARIZE, mag[levels], 0), channels)),  # 256
             ))
             affine_rows.append(order[: count[_F_AFFINE]] * n_ops + r)
             position = np.empty(n, dtype=np.int64)
@@ -494,14 +508,29 @@ class _StrongPlan:
 # writes its result back into that slice with its last operator (``out=``): no concatenation.
 
 
-def _affine(x: Tensor, coefficients: Tensor, t: _StrongTables) -> None:
-    """Rotate/ShearX/ShearY/TranslateX/TranslateY as one nearest-neighbour resampling.
+def _affine_maps(coefficients: Tensor, basis: Tensor, last: Tensor, stride: Tensor) -> Tensor:
+    """``(g, h w)`` int64: the flat source pixel of each output pixel (``h w``, one past the
+    last pixel, where it falls outside the image), for the PIL maps ``coefficients`` (g, 6)
+    ``(a, b, c, d, e, f)`` (see :func:`_pixel_affine`): output pixel centre ``(u, v)`` reads the
+    input pixel containing ``(a u + b v + c, d u + e v + f)``, i.e. the source index is
+    ``floor`` of the mapped centre, the rule PIL uses (``grid_sample`` rounds half to even
+    instead). ``basis``, ``last`` and ``stride`` are :class:`_StrongTables`' (this runs while
+    they are made)."""
+    g = len(coefficients)
+    # (g, 2, 3, h w) products summed over the 3 terms: (a u + b v) + c, in that order
+    source = (coefficients.view(g, 2, 3, 1) * basis).sum(2, keepdim=True).floor_()
+    # source: (g, 2, 1, h w), the (x, y) pixel each output pixel reads
+    # inside the image: 0 <= x <= w - 1 and 0 <= y <= h - 1 (integers, so exact)
+    inside = torch.minimum(source, last - source).amin(1, keepdim=True) >= 0
+    flat = torch.where(inside, (source * stride).sum(1, keepdim=True), basis.shape[-1])
+    index = torch.empty(flat.shape, dtype=torch.long, device=flat.device).copy_(flat)
+    return index.view(g, -1)
 
-    ``coefficients`` (g, 6) are each image's PIL map ``(a, b, c, d, e, f)`` (see
-    :func:`_pixel_affine`): output pixel centre ``(u, v)`` reads the input pixel containing
-    ``(a u + b v + c, d u + e v + f)``, i.e. the source index is ``floor`` of the mapped centre, the
-    rule PIL uses (``grid_sample`` rounds half to even instead), read with one gather. Outside
-    pixels get the fill.
+
+def _affine(x: Tensor, index: Tensor, t: _StrongTables) -> None:
+    """Rotate/ShearX/ShearY/TranslateX/TranslateY as one nearest-neighbour resampling: each
+    image reads its source pixels (``index``: its rows of :func:`_affine_maps`) with one gather
+    from its pixels followed by a fill pixel, which the pixels mapped outside the image read.
 
     Not bit-exact with PIL: PIL walks each row by adding the matrix step to a running coordinate,
     while this evaluates ``a u + b v + c`` directly, so when a mapped centre lands exactly on a
@@ -510,15 +539,9 @@ def _affine(x: Tensor, coefficients: Tensor, t: _StrongTables) -> None:
     read a source one pixel over. The tests check exact agreement at v = 1, 5, 9 and at most a
     1-pixel offset at every magnitude."""
     g, c, h, w = x.shape
-    # (g, 2, 3, h w) products summed over the 3 terms: (a u + b v) + c, in that order
-    source = (coefficients.view(g, 2, 3, 1) * t.basis).sum(2, keepdim=True).floor_()
-    # source: (g, 2, 1, h w), the (x, y) pixel each output pixel reads
-    # inside the image: 0 <= x <= w - 1 and 0 <= y <= h - 1 (integers, so exact)
-    inside = torch.minimum(source, t.last - source).amin(1, keepdim=True) >= t.zero64
-    flat = torch.where(inside, (source * t.stride).sum(1, keepdim=True), t.zero64)
-    index = torch.empty(flat.shape, dtype=torch.long, device=x.device).copy_(flat)
-    x = x.view(g, c, 1, h * w)
-    torch.where(inside, x.gather(3, index.expand(g, c, 1, h * w)), t.fill, out=x)
+    x = x.view(g, c, h * w)
+    source = torch.cat([x, t.fill_pixel.expand(g, c, 1)], 2)
+    torch.gather(source, 2, index.view(g, 1, h * w).expand(g, c, h * w), out=x)
 
 
 def _autocontrast(x: Tensor, t: _StrongTables) -> None:
@@ -534,27 +557,34 @@ def _autocontrast(x: Tensor, t: _StrongTables) -> None:
 def _blends(x: Tensor, rnd: _Round, parts: list[Tensor], t: _StrongTables) -> None:
     """PIL ``ImageEnhance`` for Brightness, Color, Contrast and Sharpness rows (in that order),
     as one blend ``degenerate + factor * (x - degenerate)``, clipped, against a per-row
-    degenerate image picked with ``where`` (exact): black; grey; the mean grey level rounded to
-    a uint8 level like PIL; PIL's SMOOTH filter (3x3, centre 5, / 13), which leaves the border
-    pixels."""
+    degenerate image, each family's made on its own rows only (contiguous): black; grey; the
+    mean grey level rounded to a uint8 level like PIL; PIL's SMOOTH filter (3x3, centre 5,
+    / 13), which leaves the border pixels."""
     g, c, h, w = x.shape
     n_brightness, n_color, n_contrast, n_sharpness = rnd.blend_counts
-    kind = parts[rnd.blend_kind].view(g, 1, 1, 1)
-    base = t.zero  # Brightness: black
-    if n_color or n_contrast:
-        grey = (x * t.gray).sum(1, keepdim=True) if t.gray is not None else x
-        if n_color:
-            base = torch.where(kind == t.color, grey, base)
-        if n_contrast:
-            mean = grey.sum((1, 2, 3), keepdim=True) / t.area  # what mean() computes
-            level = (mean * t.level + t.half).floor_() / t.level
-            base = torch.where(kind == t.contrast, level, base)
-    if n_sharpness:
-        smooth = torch.where(t.interior, F.conv2d(x, t.smooth, padding=1, groups=c), x)
-        for i in rnd.solo:  # see _Round.solo
-            one = x[i:i + 1]
-            smooth[i:i + 1] = torch.where(t.interior, F.conv2d(one, t.smooth, padding=1), one)
-        base = smooth if n_sharpness == g else torch.where(kind == t.sharpness, smooth, base)
+    if n_brightness == g:
+        base = t.zero  # black
+    else:
+        base = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        black, grey_base, level_base, smooth = base.split(rnd.blend_counts)
+        _, tinted, sharp = x.split([n_brightness, n_color + n_contrast, n_sharpness])
+        if n_brightness:
+            black.fill_(0)
+        if n_color or n_contrast:
+            grey = (tinted * t.gray).sum(1, keepdim=True) if t.gray is not None else tinted
+            grey_color, grey_contrast = grey.split([n_color, n_contrast])
+            if n_color:
+                grey_base.copy_(grey_color)
+            if n_contrast:
+                mean = grey_contrast.sum((1, 2, 3), keepdim=True) / t.area  # what mean() does
+                level_base.copy_((mean * t.level + t.half).floor_() / t.level)
+        if len(rnd.solo) < n_sharpness:
+            torch.where(t.interior, F.conv2d(sharp, t.smooth, padding=1, groups=c), sharp,
+                        out=smooth)
+        for i in rnd.solo:  # see _Round.solo: filtered as the previous implementation did
+            one = sharp[i:i + 1]
+            smooth[i:i + 1].copy_(one)
+            smooth[i:i + 1, :, 1:-1, 1:-1] = F.conv2d(one, t.smooth)
     factor = t.enhance.index_select(0, parts[rnd.blend]).view(g, 1, 1, 1)
     torch.clamp(base + factor * (x - base), t.zero, t.one, out=x)
 
@@ -604,7 +634,7 @@ def _equalize_table(levels: Tensor, t: _StrongTables, out: Tensor) -> None:
 
 
 def _cutout_mask(centres: Tensor, t: _StrongTables) -> Tensor:
-    """``(n, 1, h w)``: kekmodel's ``CutoutAbs`` square of each image, ``v = side`` pixels.
+    """``(n, 1, h, w)``: kekmodel's ``CutoutAbs`` square of each image, ``v = side`` pixels.
 
     ``centres`` (rows ``(y, x)`` in ``[0, 1)``) are kekmodel's uniform draws over the image. The
     corner is ``int(max(0, centre * size - v / 2))`` and kekmodel paints a PIL rectangle from the
@@ -612,10 +642,14 @@ def _cutout_mask(centres: Tensor, t: _StrongTables) -> Tensor:
     ``(v + 1) x (v + 1)`` pixels (17 x 17 = 289 at 32 px, fraction 0.5); at the far border the
     square stops at the last row/column, at the near border it starts at 0 and keeps ``v + 1``.
     (kekmodel hard-codes ``v = int(32 * 0.5)``; here ``v`` scales with the image size.)"""
+    n, (h, w) = len(centres), t.interior.shape[2:]
     corner = (centres * t.hw - t.half_side).clamp_min_(0).floor_()  # >= 0: floor is int()
-    offset = t.pixels_yx - corner.unsqueeze(2)  # (n, 2, h w): pixel row/col minus the corner's
+    offset = t.lines_yx - corner.view(n, 2, 1)  # (n, 2, L): row/col number minus the corner's
     # 0 <= offset <= side on both axes (small integers, so exact)
-    return torch.minimum(offset, t.side - offset).amin(1, keepdim=True) >= t.zero
+    ok = torch.minimum(offset, t.side - offset) >= t.zero  # (n, 2, L), contiguous
+    lines = ok.shape[2]  # rows ok[i, 0, y] and columns ok[i, 1, x] as (n, 1, h, w) views
+    rows = ok.as_strided((n, 1, h, w), (2 * lines, 1, 1, 0))
+    return torch.bitwise_and(rows, ok.as_strided((n, 1, h, w), (2 * lines, 1, 0, 1), lines))
 
 
 def _cutout(x: Tensor, centres: Tensor, fraction: float, fill: float) -> Tensor:
@@ -625,7 +659,7 @@ def _cutout(x: Tensor, centres: Tensor, fraction: float, fill: float) -> Tensor:
     if side <= 0:
         return x
     t = _strong_tables(x.device, x.dtype, c, h, w, fill, side)
-    mask = _cutout_mask(to_device(centres, x.device), t).view(n, 1, h, w)
+    mask = _cutout_mask(to_device(centres, x.device), t)
     return torch.where(mask, t.fill, x)
 
 
@@ -637,19 +671,24 @@ def _strong_apply(x: Tensor, plan: _StrongPlan, parts: list[Tensor], signs: Tens
     n, c, h, w = x.shape
     side = int(cutout_fraction * min(h, w))
     t = _strong_tables(x.device, x.dtype, c, h, w, fill, max(side, 0))
-    coefficients: list[Tensor] = []
+    maps: list[Tensor] = []
     if plan.affine is not None:  # the maps of all geometric ops; the sign is a device draw
         positions, base = (parts[i] for i in plan.affine)
         negative = to_device(signs, x.device).view(-1).index_select(0, positions) < t.half
-        coefficients = list(t.affine[base + negative].split(plan.affine_sizes))
+        rows = base + negative
+        if t.affine_maps is not None:
+            maps = list(t.affine_maps[rows].split(plan.affine_sizes))
+        else:
+            maps = list(_affine_maps(t.affine[rows], t.basis, t.last, t.stride).split(
+                plan.affine_sizes))
     current = x
     for r, rnd in enumerate(plan.rounds):
         if rnd.gather is None:
             continue
-        current = current[parts[rnd.gather]]  # a fresh tensor, which the families overwrite
+        current = current.index_select(0, parts[rnd.gather])  # fresh: the families overwrite it
         affine, autocontrast, blends, levels, _ = current.split(rnd.sizes)
         if len(affine):
-            _affine(affine, coefficients[r], t)
+            _affine(affine, maps[r], t)
         if len(autocontrast):
             _autocontrast(autocontrast, t)
         if rnd.blend is not None:
@@ -657,15 +696,17 @@ def _strong_apply(x: Tensor, plan: _StrongPlan, parts: list[Tensor], signs: Tens
         if len(levels):
             _level_ops(levels, rnd, parts, t)
     if plan.final is not None:  # back to natural order: one gather
-        current = current[parts[plan.final]] if out is None else out.copy_(
-            current[parts[plan.final]])
+        if out is None:
+            current = current.index_select(0, parts[plan.final])
+        else:
+            current = torch.index_select(current, 0, parts[plan.final], out=out)
     elif out is not None:
         current = out if current is out else out.copy_(current)
     elif current is x:
         current = x.clone(memory_format=torch.contiguous_format)
     if side <= 0:
         return current
-    mask = _cutout_mask(to_device(centres, x.device), t).view(n, 1, h, w)
+    mask = _cutout_mask(to_device(centres, x.device), t)
     return torch.where(mask, t.fill, current, out=current)
 
 
@@ -742,10 +783,11 @@ def augment_views(images: Tensor, labeled_rows: np.ndarray, unlabeled_rows: np.n
     flip = None if draws.flip is None else to_device(draws.flip, images.device)
     pixels = _weak_pixels(flip, to_device(draws.offsets, images.device), t)
     total = len(pixels)
-    rows = images[parts[sources]].view(total, c, h * w)  # the step's images, then their pixels
+    # the step's images (index_select: a row copy, faster on the CPU), then their pixels
+    rows = images.index_select(0, parts[sources]).view(total, c, h * w)
     weak = rows.gather(2, pixels.expand(total, c, h * w)).view(total, c, h, w)
     if not weak.is_floating_point():
-        weak = torch.empty(weak.shape, device=weak.device).copy_(weak).div_(t.level)
+        weak = torch.div(weak, t.level)  # float32(level) / 255 in float32, one pass
     if plan is None:
         return weak
     strong_rows = weak[total - n_strong:]  # augmented in place
