@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from interlude.config import Config, ModelConfig, config_from_dict
-from interlude.errors import CheckpointError, InterludeError, TrainingDiverged
+from interlude.errors import CheckpointError, InterludeError, TrainingDiverged, shown
 
 FORMAT_VERSION = 1
 TMP_SUFFIX = ".tmp"
@@ -130,7 +130,7 @@ class RunMeta:
             raise bad("the metadata is not a mapping")
         num_classes = raw.get("num_classes")
         if not _is_int(num_classes) or not 2 <= num_classes <= 1_000_000:
-            raise bad(f"num_classes must be an integer >= 2, got {num_classes!r}")
+            raise bad(f"num_classes must be an integer >= 2, got {shown(num_classes)}")
         names = raw.get("class_names")
         if not isinstance(names, (list, tuple)) or len(names) != num_classes or not all(
             isinstance(n, (str, int)) and not isinstance(n, bool) for n in names
@@ -141,7 +141,7 @@ class RunMeta:
         shape = raw.get("image_shape")
         if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(map(_is_int, shape))
                 and shape[0] in (1, 3) and min(shape[1:]) >= 4 and max(shape[1:]) <= 8192):
-            raise bad(f"image_shape must be [channels 1|3, height, width >= 4], got {shape!r}")
+            raise bad(f"image_shape must be [channels 1|3, height, width >= 4], got {shown(shape)}")
         channels = int(shape[0])
         stats = {}
         for key in ("mean", "std"):
@@ -149,13 +149,13 @@ class RunMeta:
             if not (isinstance(values, (list, tuple)) and len(values) == channels and all(
                 _is_number(v) and math.isfinite(v) for v in values
             )):
-                raise bad(f"{key} must hold {channels} finite number(s), got {values!r}")
+                raise bad(f"{key} must hold {channels} finite number(s), got {shown(values)}")
             stats[key] = tuple(float(v) for v in values)
         if min(stats["std"]) <= 0:
             raise bad(f"std must be positive, got {list(stats['std'])}")
         interpolation = raw.get("interpolation", "bilinear")
         if interpolation not in ("bilinear", "bicubic"):
-            raise bad(f"interpolation must be bilinear or bicubic, got {interpolation!r}")
+            raise bad(f"interpolation must be bilinear or bicubic, got {shown(interpolation)}")
         return cls(int(num_classes), tuple(str(n) for n in names),
                    (channels, int(shape[1]), int(shape[2])), stats["mean"], stats["std"],
                    interpolation)

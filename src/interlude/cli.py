@@ -273,8 +273,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+MAX_ERROR_CHARS = 3000
+"""An error line longer than this is cut: quoted input is bounded where it is quoted
+(:func:`interlude.errors.shown`), this is the backstop for the terminal."""
+
+
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    text = " ".join(str(exc).split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from interlude.errors import ConfigError
+from interlude.errors import ConfigError, shown
 
 SEED_MAX = 2**63 - 1
 """Largest seed: torch and numpy generators take 64-bit seeds."""
@@ -485,7 +485,7 @@ def diff(
     known = [k for k in schema() if k in there and k in now]
     other = sorted((there.keys() & now.keys()) - set(known))
     return [
-        f"{key}: {there[key]!r} there, {now[key]!r} now"
+        f"{key}: {shown(there[key])} there, {shown(now[key])} now"
         for key in [*known, *other]
         if (include_bookkeeping or key not in BOOKKEEPING_KEYS) and there[key] != now[key]
     ]
@@ -561,18 +561,18 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return _coerce(key, value, arg)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {shown(value)}")
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+            raise ConfigError(f"{key}: {shown(value)} is not one of {', '.join(map(str, choices))}")
         return value
     if origin is list:
         (item_tp,) = get_args(tp)
         if isinstance(value, str):
             value = [v for v in value.strip("[]").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {shown(value)}")
         return [_coerce(key, v, item_tp) for v in value]
     if tp is bool:
         if isinstance(value, bool):
@@ -581,10 +581,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return True
         if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
             return False
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        raise ConfigError(f"{key}: expected true/false, got {shown(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -599,10 +599,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                     as_float = None
                 if as_float is not None and as_float.is_integer():
                     return int(as_float)
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {shown(value)}")
         if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):
@@ -610,11 +610,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {shown(value)}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {shown(value)}")
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
@@ -631,12 +631,12 @@ def _resolve_key(key: str) -> tuple[str, str]:
             return owners[0], key
         if len(owners) > 1:
             raise ConfigError(
-                f"ambiguous key '{key}': write one of {', '.join(f'{s}.{key}' for s in owners)}"
+                f"ambiguous key {shown(key)}: write one of {', '.join(f'{s}.{key}' for s in owners)}"
             )
     close = difflib.get_close_matches(key, valid_keys(), n=3)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
     raise ConfigError(
-        f"unknown config key '{key}'.{hint} Valid keys: {', '.join(valid_keys())}"
+        f"unknown config key {shown(key)}.{hint} Valid keys: {', '.join(valid_keys())}"
     )
 
 
@@ -674,12 +674,14 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``key=value``; the value is parsed as YAML so ``1e-3``, ``true``, ``[1,2]`` work."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key=value (e.g. train.steps=500)")
+        raise ConfigError(f"override {shown(text)} must look like key=value (e.g. train.steps=500)")
     key, _, raw = text.partition("=")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
+        value = yaml.load(raw, Loader=UniqueKeyLoader) if raw.strip() else raw  # a SafeLoader
     except yaml.YAMLError:
         value = raw
+    except ConfigError as exc:
+        raise ConfigError(f"override {shown(key.strip())}: {exc}") from None
     if isinstance(value, str) and _looks_like_float(value):
         value = float(value)
     return key.strip(), value
@@ -702,6 +704,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_document(self, node: yaml.Node) -> Any:
         self._root = node
+        _check_expanded_size(node)
         return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -722,6 +725,57 @@ class UniqueKeyLoader(yaml.SafeLoader):
                         f"and {key_node.start_mark.line + 1}); keep only one of them"
                     )
         return super().construct_mapping(node, deep=deep)
+
+
+MAX_YAML_VALUES = 100_000
+"""Most values a config (file or override) may hold once its aliases are expanded."""
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Refuse a document whose anchors/aliases expand past :data:`MAX_YAML_VALUES` values, or
+    refer to themselves, before anything is built from it.
+
+    ``&a [x, x] , &b [*a, *a], ...`` takes a few hundred characters and expands to billions of
+    values: harmless while the aliases are shared references, a hang as soon as anything walks
+    the value (validation, an error message). Sizes are counted once per node (memoised), so the
+    check costs the size of the text, not of the expansion.
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes and sizes[id(node)] >= 0:
+            continue
+        children = _yaml_children(node)
+        if children_done:
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > MAX_YAML_VALUES:
+                _refuse_expansion(node, f"expand to more than {MAX_YAML_VALUES:,} values")
+            continue
+        if sizes.get(id(node)) == -1:
+            _refuse_expansion(node, "refer to themselves")
+        sizes[id(node)] = -1  # in progress: meeting it again below means a cycle
+        stack.append((node, True))
+        for child in children:
+            if sizes.get(id(child)) == -1:
+                _refuse_expansion(child, "refer to themselves")
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _refuse_expansion(node: yaml.Node, what: str) -> None:
+    mark = node.start_mark
+    where = "" if mark.name.startswith("<") else f"{mark.name}, "  # a file, not an override
+    raise ConfigError(f"{where}line {mark.line + 1}: the YAML anchors/aliases (&name, *name) here "
+                      f"{what}; write the values out instead")
 
 
 def _yaml_path(root: yaml.Node | None, target: yaml.Node) -> list[str]:
@@ -832,7 +886,7 @@ def _validate_run_name(name: str | None) -> None:
     if not name.strip() or name.startswith(("/", "\\")) or ".." in parts or (
             len(name) > 1 and name[1] == ":"):
         raise ConfigError(
-            f"train.run_name={name!r} must name a folder inside train.out_dir (no absolute path, "
+            f"train.run_name={shown(name)} must name a folder inside train.out_dir (no absolute path, "
             "no '..'); set train.out_dir to choose where runs go"
         )
 
@@ -840,12 +894,12 @@ def _validate_run_name(name: str | None) -> None:
 def _validate_inputs(d: DataConfig) -> None:
     if (d.mean is None) != (d.std is None):
         raise ConfigError(
-            f"data.mean={d.mean} and data.std={d.std}: give both (one value per channel) or "
+            f"data.mean={shown(d.mean)} and data.std={shown(d.std)}: give both (one value per channel) or "
             "neither"
         )
     if d.mean is not None and (len(d.mean) != len(d.std) or len(d.mean) not in (1, 3)):
         raise ConfigError(
-            f"data.mean={d.mean} and data.std={d.std} must both hold 1 or 3 values (one per "
+            f"data.mean={shown(d.mean)} and data.std={shown(d.std)} must both hold 1 or 3 values (one per "
             "channel)"
         )
 
@@ -855,7 +909,7 @@ def _validate_pretrained(m: ModelConfig) -> None:
         raise ConfigError("model.pretrained is an empty string: use true, false or a file path")
     if m.pretrained is not False and not is_timm_backbone(m.arch):
         raise ConfigError(
-            f"model.pretrained={m.pretrained!r} applies to timm backbones, not model.arch="
+            f"model.pretrained={shown(m.pretrained)} applies to timm backbones, not model.arch="
             f"{m.arch}; use model.arch=timm/<name> (e.g. timm/resnet50) or model.pretrained=false"
         )
 
@@ -886,11 +940,11 @@ def _check_key(spec: KeySpec, value: Any, algorithm: str) -> None:
     if spec.choices is not None and value not in spec.choices:
         close = difflib.get_close_matches(str(value), spec.choices, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"{key}={value!r} is not valid: use one of {', '.join(spec.choices)}{hint}")
+        raise ConfigError(f"{key}={shown(value)} is not valid: use one of {', '.join(spec.choices)}{hint}")
     if spec.pattern is not None:
         regex, forms = spec.pattern
         if not isinstance(value, str) or regex.fullmatch(value) is None:
-            raise ConfigError(f"{key}={value!r} is not valid: use {forms}")
+            raise ConfigError(f"{key}={shown(value)} is not valid: use {forms}")
 
 
 def _check_range(spec: KeySpec, value: Any, algorithm: str) -> None:
@@ -907,5 +961,5 @@ def _check_range(spec: KeySpec, value: Any, algorithm: str) -> None:
                if spec.per_algorithm is not None else spec.default)
     hint = f" (the default is {default!r})" if default is not None else ""
     raise ConfigError(
-        f"{spec.key}={value!r} is out of range: {must} {rng.phrase()}{none}{hint}"
+        f"{spec.key}={shown(value)} is out of range: {must} {rng.phrase()}{none}{hint}"
     )

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from interlude.artifact import Checkpoint, RunMeta, build_inference_net, write_atomic
-from interlude.errors import InterludeError
+from interlude.errors import InterludeError, shown
 from interlude.inference import Predictor
 from interlude.rundir import RunDir
 
@@ -198,11 +198,11 @@ def read_sidecar(path: Path) -> tuple[Path, dict[str, Any]]:
         raise ExportError(f"{file} is not an interlude export of version {EXPORT_VERSION}")
     format = raw.get("format")
     if format not in FILES:
-        raise ExportError(f"{file} names an unknown format {format!r}; expected one of "
+        raise ExportError(f"{file} names an unknown format {shown(format)}; expected one of "
                           f"{', '.join(FILES)}")
     name = raw.get("file")
     if not isinstance(name, str) or name != Path(name).name or name in ("", ".", ".."):
-        raise ExportError(f"{file}: the model file {name!r} must be a plain file name inside "
+        raise ExportError(f"{file}: the model file {shown(name)} must be a plain file name inside "
                           f"{folder} (no folders, '..' or absolute paths)")
     model_file = folder / name
     if model_file.is_symlink() or (model_file.exists() and not model_file.resolve().is_relative_to(

@@ -42,7 +42,7 @@ import numpy as np
 
 from interlude.artifact import TMP_SUFFIX, write_atomic
 from interlude.data.ondisk import DiskImages
-from interlude.errors import DataError
+from interlude.errors import DataError, shown
 
 try:
     import fcntl
@@ -164,7 +164,7 @@ class PixelSums:
         """Rebuild from metadata; raises ValueError when the values cannot be right."""
         def count(value: Any, top: int) -> int:
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
-                raise ValueError(f"pixel sum {value!r} outside 0..{top}")
+                raise ValueError(f"pixel sum {shown(value)} outside 0..{top}")
             return value
 
         if not isinstance(tree, dict):
@@ -349,14 +349,14 @@ def _read_entry(folder: Path, spec: CacheSpec, check_info: CheckInfo) -> tuple[C
         if not isinstance(meta, dict):
             raise ValueError("metadata is not a JSON object")
         if meta.get("format") != FORMAT:
-            raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
+            raise ValueError(f"format {shown(meta.get('format'))}, expected {FORMAT}")
         if meta.get("key") != spec.key:
             raise ValueError("key does not match the file name")
         shape = meta.get("shape")
         if (not isinstance(shape, list) or len(shape) != 4
                 or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
                 or shape[0] < 0 or tuple(shape[1:]) != spec.shape):
-            raise ValueError(f"shape {shape!r} is not (N, {', '.join(map(str, spec.shape))})")
+            raise ValueError(f"shape {shown(shape)} is not (N, {', '.join(map(str, spec.shape))})")
         rows = shape[0]
         expected_bytes = rows * int(np.prod(spec.shape))
         size = data_path.stat().st_size

@@ -16,7 +16,7 @@ import numpy as np
 from interlude.config import DataConfig
 from interlude.data.base import UNLABELED, ImageSet, RawDataset, SSLData
 from interlude.data.ondisk import ConcatImages, is_disk_backed
-from interlude.errors import DataError
+from interlude.errors import DataError, shown
 
 __all__ = ["ConcatImages", "build_ssl_data", "concat_sets", "draw_split", "load_split_file",
            "pool_fingerprint"]
@@ -123,7 +123,7 @@ def load_split_file(path: str | Path, pool: ImageSet, dataset: str) -> dict[str,
     if not split["labeled"]:
         raise refuse("has no labeled index")
     if "dataset" in saved and saved["dataset"] != dataset:
-        raise refuse(f"was made for dataset {saved['dataset']!r}, not {dataset!r}")
+        raise refuse(f"was made for dataset {shown(saved['dataset'])}, not {shown(dataset)}")
     if saved.get("train_pool_size", pool_size) != pool_size:
         raise refuse(f"was made for a training pool of {saved['train_pool_size']} images, but "
                      f"this one has {pool_size}")

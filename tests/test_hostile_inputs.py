@@ -1,0 +1,71 @@
+"""Hostile input, second pass (issue 19): each test is one way in that a hostile user found,
+or a sibling of it, shut by the mechanism behind it rather than by a special case."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from interlude.config import load_config
+from interlude.errors import ConfigError, shown
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """~300 characters of YAML that expand to 10**levels values."""
+    names = [chr(ord("a") + i) for i in range(levels)]
+    parts = [f"&{names[0]} [" + ",".join("x" * 10) + "]"]
+    parts += [f"&{name} [" + ",".join([f"*{prev}"] * 10) + "]"
+              for prev, name in zip(names, names[1:], strict=False)]
+    return "[" + ", ".join(parts) + "]"
+
+
+# ---------------------------------------------------------------- 1. YAML alias bombs
+@pytest.mark.parametrize("key", ["train.run_name", "data.labeled_classes", "data.mean",
+                                 "algorithm.name", "train.steps"])
+def test_alias_bomb_override_is_refused_at_once(key):
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="anchors/aliases .* expand to more than") as info:
+        load_config(None, [f"{key}={_alias_bomb()}"])
+    assert time.perf_counter() - started < 2 and len(str(info.value)) < 300
+
+
+def test_alias_bomb_config_file_and_self_reference_are_refused(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"train:\n  run_name: {_alias_bomb()}\n")
+    with pytest.raises(ConfigError, match=r"bomb.yaml, line 2: the YAML anchors"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="refer to themselves"):
+        load_config(None, ["train.run_name=&a [*a]"])
+    # an alias that stays small is still YAML (merge keys are used in configs)
+    small = tmp_path / "small.yaml"
+    small.write_text("x: &d {steps: 7}\ntrain:\n  <<: *d\n")
+    with pytest.raises(ConfigError, match="unknown config section 'x'"):
+        load_config(small)
+
+
+def test_alias_bomb_on_the_command_line_exits_2_quickly():
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "interlude", "config", "show",
+                             f"train.run_name={_alias_bomb()}"], capture_output=True, text=True,
+                            timeout=60, cwd=REPO)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert time.perf_counter() - started < 30
+
+
+def test_quoted_input_is_bounded_in_time_and_length():
+    shared: list = ["x"] * 10
+    for _ in range(9):  # 10**10 values once expanded, as a YAML alias bomb builds them
+        shared = [shared] * 10
+    started = time.perf_counter()
+    text = shown(shared)
+    assert time.perf_counter() - started < 0.5 and len(text) <= 80
+    assert "..." in shown("y" * 10_000) and len(shown("y" * 10_000)) <= 80
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"train.run_name={'z' * 100_000}/.."])
+    assert len(str(info.value)) < 400
