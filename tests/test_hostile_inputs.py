@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from interlude.config import load_config
@@ -69,3 +70,51 @@ def test_quoted_input_is_bounded_in_time_and_length():
     with pytest.raises(ConfigError) as info:
         load_config(None, [f"train.run_name={'z' * 100_000}/.."])
     assert len(str(info.value)) < 400
+
+
+# ---------------------------------------------------------------- 2. one input-scaling rule
+def _digits(n: int = 60):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    X = (digits.images[:n] / 16.0).astype(np.float32)
+    y = np.where(np.arange(n) % 3 == 0, digits.target[:n], -1)
+    return X, y
+
+
+@pytest.mark.parametrize("scaled", [
+    lambda X: (X * 65535).astype(np.float32),  # float 16-bit data: was clipped to [0, 255]
+    lambda X: (X * 65535).astype(np.float64),
+    lambda X: (X * 65535).astype(np.uint16),   # integers: refused before, still refused
+    lambda X: (X * 300).astype(np.int64),
+])
+def test_values_above_255_are_refused_by_fit_whatever_the_dtype(scaled):
+    from interlude import InterLUDEClassifier
+
+    X, y = _digits()
+    clf = InterLUDEClassifier(steps=1, batch_size=4, mu=1, width=4, verbose=0, threads=1,
+                              device="cpu")
+    with pytest.raises(ValueError, match="rescale"):
+        clf.fit(scaled(X), y)
+    assert not hasattr(clf, "classes_")
+
+
+def test_every_entry_point_applies_the_same_rule():
+    from interlude import InterLUDEClassifier
+    from interlude.inputs import images_for_model, pixel_scale, to_uint8_images
+
+    X, y = _digits()
+    big = (X * 65535).astype(np.float32)
+    for call in (lambda: to_uint8_images(big), lambda: images_for_model(big, (1, 8, 8))):
+        with pytest.raises(ValueError, match=r"\[0, 1\] or \[0, 255\]"):
+            call()
+    assert pixel_scale((X * 255).astype(np.float32)) == 255.0 and pixel_scale(X) == 1.0
+    assert pixel_scale((X * 255).astype(np.uint8)) is None
+    assert to_uint8_images(np.full((1, 8, 8), 255.0))[0].max() == 255  # the bound is inclusive
+    clf = InterLUDEClassifier(steps=2, batch_size=4, mu=1, width=4, verbose=0, threads=1,
+                              device="cpu").fit(X * 255, y)  # fitted on [0, 255] floats
+    for method in (clf.predict, clf.predict_proba, lambda Z: clf.score(Z, y),
+                   clf.predictor().predict):
+        with pytest.raises(ValueError, match="values up to"):
+            method(big)
+        method(X * 255)
