@@ -3,6 +3,8 @@ or a sibling of it, shut by the mechanism behind it rather than by a special cas
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 import time
@@ -10,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from interlude.artifact import Checkpoint
 from interlude.config import load_config
 from interlude.errors import ConfigError, shown
 
@@ -118,3 +122,60 @@ def test_every_entry_point_applies_the_same_rule():
         with pytest.raises(ValueError, match="values up to"):
             method(big)
         method(X * 255)
+
+
+# ---------------------------------------------------------------- 3. disk full inside torch.save
+class _FillingDisk:
+    """A file handle whose disk fills up after ``room`` bytes, as a real one does mid-write."""
+
+    def __init__(self, handle, room: int) -> None:
+        self._handle, self._room = handle, room
+
+    def write(self, data) -> int:
+        size = len(memoryview(data).cast("B"))
+        if size > self._room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._room -= size
+        return self._handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.close()
+
+
+def test_torch_save_turns_a_full_disk_into_another_error():
+    """The failure mode itself: torch's zip writer reports the ENOSPC as a RuntimeError."""
+    import io
+
+    with pytest.raises(RuntimeError):
+        torch.save({"w": torch.zeros(10_000)}, _FillingDisk(io.BytesIO(), 2000))
+
+
+def test_disk_full_inside_a_checkpoint_save_is_one_line_and_exit_2(tiny_overrides, monkeypatch,
+                                                                   capsys):
+    from interlude import artifact
+    from interlude.cli import main
+    from interlude.train import run, run_dir_for
+
+    cfg = load_config(None, [*tiny_overrides, "algorithm.name=supervised"])
+    run(cfg, stop_after=6)
+    real_fdopen = os.fdopen
+
+    def filling(fd, *args, **kwargs):
+        handle = real_fdopen(fd, *args, **kwargs)
+        return _FillingDisk(handle, 2000) if "last.pt" in os.readlink(f"/proc/self/fd/{fd}") \
+            else handle
+
+    monkeypatch.setattr(artifact.os, "fdopen", filling)
+    code = main(["train", *tiny_overrides, "algorithm.name=supervised", "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "last.pt: the disk is full; the previous last.pt is kept" in err[0]
+    checkpoints = run_dir_for(cfg) / "checkpoints"
+    assert Checkpoint.load(checkpoints / "last.pt").step == 6
+    assert list(checkpoints.glob(".*.tmp")) == []

@@ -47,31 +47,72 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None] | bytes | 
 
     ``write`` is the content (bytes or text) or a function writing to a binary handle. On any
     failure the temporary file is removed and the old ``path`` (if any) is left untouched; an
-    ``OSError`` (disk full, read-only folder) becomes a one-line :class:`WriteError`.
+    ``OSError`` (disk full, read-only folder) becomes a one-line :class:`WriteError`, also when
+    the writer turns it into an error of its own (``torch.save``'s zip writer raises a
+    ``RuntimeError`` after a failed write): the handle remembers the ``OSError`` it raised.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    recorder: _RecordingHandle | None = None
     try:
         if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the mode open() would (umask)
             os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             if callable(write):
-                write(handle)
+                recorder = _RecordingHandle(handle)
+                write(recorder)  # type: ignore[arg-type]
             else:
                 handle.write(write.encode() if isinstance(write, str) else write)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except Exception as exc:
         Path(tmp).unlink(missing_ok=True)
+        cause = _os_error_behind(exc, recorder)
+        if cause is None:
+            raise
         kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
-        reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (
-            exc.strerror or type(exc).__name__)
+        reason = "the disk is full" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else (
+            cause.strerror or type(cause).__name__)
         raise WriteError(f"could not write {path}: {reason}; {kept}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class _RecordingHandle:
+    """A binary file handle that remembers the first ``OSError`` its writes raised, so a writer
+    that wraps it in another exception cannot hide a full disk."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._handle.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
+def _os_error_behind(exc: BaseException, recorder: _RecordingHandle | None) -> OSError | None:
+    """The ``OSError`` behind ``exc``: itself, or one the handle raised while being written
+    (whatever the writer made of it), else None (a bug, which keeps its traceback)."""
+    if isinstance(exc, OSError):
+        return exc
+    return recorder.error if recorder is not None else None
 
 
 def _umask() -> int:
