@@ -158,7 +158,7 @@ def test_torch_save_turns_a_full_disk_into_another_error():
 
 def test_disk_full_inside_a_checkpoint_save_is_one_line_and_exit_2(tiny_overrides, monkeypatch,
                                                                    capsys):
-    from interlude import artifact
+    from interlude import files
     from interlude.cli import main
     from interlude.train import run, run_dir_for
 
@@ -171,7 +171,7 @@ def test_disk_full_inside_a_checkpoint_save_is_one_line_and_exit_2(tiny_override
         return _FillingDisk(handle, 2000) if "last.pt" in os.readlink(f"/proc/self/fd/{fd}") \
             else handle
 
-    monkeypatch.setattr(artifact.os, "fdopen", filling)
+    monkeypatch.setattr(files.os, "fdopen", filling)
     code = main(["train", *tiny_overrides, "algorithm.name=supervised", "--resume"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
@@ -179,3 +179,77 @@ def test_disk_full_inside_a_checkpoint_save_is_one_line_and_exit_2(tiny_override
     checkpoints = run_dir_for(cfg) / "checkpoints"
     assert Checkpoint.load(checkpoints / "last.pt").step == 6
     assert list(checkpoints.glob(".*.tmp")) == []
+
+
+# ---------------------------------------------------------------- 4-5. files written for a user
+@pytest.fixture
+def digits_run(tiny_overrides):
+    from interlude.train import run
+
+    return run(load_config(None, [*tiny_overrides, "algorithm.name=supervised"])).run_dir
+
+
+def _digit_png(path: Path, index: int = 0) -> None:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    pixels = np.round(load_digits().images[index] * 255 / 16).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def test_predict_out_writes_every_row_of_non_utf8_and_formula_names(digits_run, tmp_path, capsys,
+                                                                    monkeypatch):
+    import csv
+
+    from interlude.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    names = [b"caf\xe9.png", b"=1+1.png", b"+cmd.png", b"@x.png", b"-2.png", b"\tt.png"]
+    names += [f"ok{i}.png".encode() for i in range(20)]
+    for i, name in enumerate(names):
+        _digit_png(Path(os.fsdecode(os.path.join(os.fsencode(images), name))), i)
+    out = tmp_path / "preds.csv"
+    monkeypatch.chdir(images)  # relative paths: a cell is then the name itself
+    assert main(["predict", str(digits_run), ".", "--out", str(out)]) == 0
+    rows = list(csv.reader(out.read_text(encoding="utf-8").splitlines()))
+    assert len(rows) == 1 + len(names)  # every row, not the 5 before the bad name
+    cells = {row[0] for row in rows[1:]}
+    assert "caf\\xe9.png" in cells  # the undecodable byte, escaped: the name can be recovered
+    assert {"'=1+1.png", "'+cmd.png", "'@x.png", "'-2.png", "'\tt.png"} <= cells
+    assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r"))
+               for row in rows for cell in row)
+    main(["predict", str(digits_run), "."])  # stdout takes the same text
+    assert "caf\\xe9.png" in capsys.readouterr().out
+
+
+def test_one_csv_writer_neutralises_formulas_in_headers_and_cells(tmp_path):
+    from interlude.files import csv_cell, csv_text
+    from interlude.inference import FilePredictions, predictions_csv
+
+    predictions = FilePredictions(
+        [Path("=HYPERLINK(1).png"), Path("a.png")], np.array(["+cmd", "=1+1", "-x"]),
+        np.array([[0.2, 0.5, 0.3], [np.nan, np.nan, np.nan]]), [None, "@boom\r"])
+    header, first, second = _parse_csv(predictions_csv(predictions))
+    assert header == ["path", "class", "probability", "p_+cmd", "p_=1+1", "p_-x", "error"]
+    assert first[:3] == ["'=HYPERLINK(1).png", "'=1+1", "0.500000"] and second[-1] == "'@boom\r"
+    assert csv_cell(-1.5) == -1.5 and csv_cell("-1.5") == "'-1.5"  # numbers stay numbers
+    assert _parse_csv(csv_text(["a"], [["\rx"], ["+1"], ["ok"]]))[1:] == [["'\rx"], ["'+1"],
+                                                                           ["ok"]]
+
+
+def _parse_csv(text: str) -> list[list[str]]:
+    import csv
+    import io
+
+    return list(csv.reader(io.StringIO(text, newline="")))
+
+
+def test_metrics_csv_goes_through_the_same_writer(digits_run):
+    """Every CSV row the package writes passes through files.csv_row (grep), and the metrics
+    file it writes reads back as the CSV of its columns."""
+    rows = [line for path in (REPO / "src" / "interlude").rglob("*.py") if path.name != "files.py"
+            for line in path.read_text().splitlines() if ".writerow" in line]
+    assert rows and all("csv_row(" in line for line in rows), rows
+    header, *body = _parse_csv((digits_run / "metrics.csv").read_text())
+    assert header[:2] == ["step", "loss"] and [int(r[0]) for r in body] == [3, 6, 9, 12]

@@ -5,131 +5,37 @@ Every reader (resume, ``interlude eval``/``predict``/``export``, the estimator, 
 goes through :class:`Checkpoint` and :func:`build_inference_net`, so a file is validated once, the
 same way, and a model for inference is always built the same way: embedding fusion off, eval mode.
 
-Writing is atomic (temporary file in the same folder, fsync, ``os.replace``): a kill or a full
-disk leaves the previous file, never half of a new one. A checkpoint holds only tensors, numbers,
-strings, lists and dicts, loads with ``torch.load(weights_only=True)`` and is refused before it
-is written if any tensor in it is NaN or infinite, so "the last good checkpoint" is good.
+Writing is atomic (:func:`interlude.files.write_atomic`: temporary file in the same folder,
+fsync, ``os.replace``): a kill or a full disk leaves the previous file, never half of a new one. A
+checkpoint holds only tensors, numbers, strings, lists and dicts, loads with
+``torch.load(weights_only=True)`` and is refused before it is written if any tensor in it is NaN
+or infinite, so "the last good checkpoint" is good.
 """
 
 from __future__ import annotations
 
-import errno
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from interlude.config import Config, ModelConfig, config_from_dict
 from interlude.errors import CheckpointError, InterludeError, TrainingDiverged, shown
+from interlude.files import TMP_SUFFIX, WriteError, remove_orphan_temporaries, write_atomic
+
+__all__ = ["TMP_SUFFIX", "Checkpoint", "NonFiniteState", "RunMeta", "WriteError",
+           "build_inference_net", "non_finite_entries", "remove_orphan_temporaries",
+           "write_atomic"]
 
 FORMAT_VERSION = 1
-TMP_SUFFIX = ".tmp"
 _TRAINING_KEYS = ("optimizer", "scheduler", "algorithm", "rng")
-
-
-class WriteError(InterludeError):
-    """A file could not be written (disk full, permissions); the previous version is kept."""
 
 
 class NonFiniteState(TrainingDiverged):
     """A checkpoint would hold NaN/inf values; it was not written."""
-
-
-# ----------------------------------------------------------------------------- atomic writes
-def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None] | bytes | str) -> None:
-    """Write ``path`` through a temporary file in its folder and ``os.replace``.
-
-    ``write`` is the content (bytes or text) or a function writing to a binary handle. On any
-    failure the temporary file is removed and the old ``path`` (if any) is left untouched; an
-    ``OSError`` (disk full, read-only folder) becomes a one-line :class:`WriteError`, also when
-    the writer turns it into an error of its own (``torch.save``'s zip writer raises a
-    ``RuntimeError`` after a failed write): the handle remembers the ``OSError`` it raised.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    recorder: _RecordingHandle | None = None
-    try:
-        if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the mode open() would (umask)
-            os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            if callable(write):
-                recorder = _RecordingHandle(handle)
-                write(recorder)  # type: ignore[arg-type]
-            else:
-                handle.write(write.encode() if isinstance(write, str) else write)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except Exception as exc:
-        Path(tmp).unlink(missing_ok=True)
-        cause = _os_error_behind(exc, recorder)
-        if cause is None:
-            raise
-        kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
-        reason = "the disk is full" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else (
-            cause.strerror or type(cause).__name__)
-        raise WriteError(f"could not write {path}: {reason}; {kept}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class _RecordingHandle:
-    """A binary file handle that remembers the first ``OSError`` its writes raised, so a writer
-    that wraps it in another exception cannot hide a full disk."""
-
-    def __init__(self, handle: IO[bytes]) -> None:
-        self._handle = handle
-        self.error: OSError | None = None
-
-    def write(self, data: Any) -> int:
-        try:
-            return self._handle.write(data)
-        except OSError as exc:
-            self.error = self.error or exc
-            raise
-
-    def flush(self) -> None:
-        try:
-            self._handle.flush()
-        except OSError as exc:
-            self.error = self.error or exc
-            raise
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._handle, name)
-
-
-def _os_error_behind(exc: BaseException, recorder: _RecordingHandle | None) -> OSError | None:
-    """The ``OSError`` behind ``exc``: itself, or one the handle raised while being written
-    (whatever the writer made of it), else None (a bug, which keeps its traceback)."""
-    if isinstance(exc, OSError):
-        return exc
-    return recorder.error if recorder is not None else None
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def remove_orphan_temporaries(folder: Path) -> list[Path]:
-    """Delete ``.*.tmp`` files an interrupted :func:`write_atomic` left in ``folder`` (recursive)."""
-    removed = []
-    if folder.is_dir():
-        for path in folder.rglob(f".*{TMP_SUFFIX}"):
-            if path.is_file():
-                path.unlink(missing_ok=True)
-                removed.append(path)
-    return removed
 
 
 # ----------------------------------------------------------------------------- metadata

@@ -341,7 +341,9 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml())
+        from interlude.files import write_atomic
+
+        write_atomic(path, self.to_yaml())
 
 
 SECTIONS: dict[str, type] = {

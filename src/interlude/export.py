@@ -98,16 +98,16 @@ def _sidecar(state: Checkpoint, format: str, source: str | None) -> dict:
 
 
 def _save_safetensors(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    save_file = _require("safetensors.torch", "safetensors").save_file
+    save = _require("safetensors.torch", "safetensors").save
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "interlude"})
+    write_atomic(path, save(state, metadata={"format": "interlude"}))
 
 
 def _save_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit deprecation notices in recent torch
         traced = torch.jit.trace(model, example)
-        torch.jit.save(traced, str(path))
+        write_atomic(path, lambda handle: torch.jit.save(traced, handle))
 
 
 def _save_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -115,11 +115,11 @@ def _save_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # the TorchScript-based exporter: the dynamo one needs the separate `onnxscript` package
-        torch.onnx.export(
-            model, (example,), str(path), dynamo=False, input_names=["images"],
+        write_atomic(path, lambda handle: torch.onnx.export(
+            model, (example,), handle, dynamo=False, input_names=["images"],
             output_names=["logits"], opset_version=ONNX_OPSET,
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )
+        ))
 
 
 def _require(module: str, package: str):

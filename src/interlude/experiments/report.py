@@ -27,6 +27,7 @@ from typing import Any
 
 from interlude.config import BOOKKEEPING_KEYS, diff, dotted
 from interlude.errors import InterludeError
+from interlude.files import write_atomic
 from interlude.train.logger import read_jsonl
 
 # Keys that change between runs of one variant without changing what is being measured: the
@@ -107,7 +108,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
     if plots is None:
         _note(f"wrote the table only. {PLOTS_HINT}")
     path = out_dir / "report.md"
-    path.write_text(render_markdown(runs, variants, plots))
+    write_atomic(path, render_markdown(runs, variants, plots))
     return path
 
 
@@ -309,7 +310,8 @@ def write_plots(variants: list[Variant], out_dir: Path) -> list[str] | None:
     if sensitivity is not None:
         figures["sensitivity.png"] = sensitivity
     for name, fig in figures.items():
-        fig.savefig(out_dir / name, dpi=100)
+        write_atomic(out_dir / name, lambda handle, fig=fig: fig.savefig(handle, format="png",
+                                                                          dpi=100))
     return list(figures)
 
 
