@@ -253,3 +253,65 @@ def test_metrics_csv_goes_through_the_same_writer(digits_run):
     assert rows and all("csv_row(" in line for line in rows), rows
     header, *body = _parse_csv((digits_run / "metrics.csv").read_text())
     assert header[:2] == ["step", "loss"] and [int(r[0]) for r in body] == [3, 6, 9, 12]
+
+
+# ---------------------------------------------------------------- the image cache
+def _bmp_folders(root: Path) -> None:
+    """BMP files (uncompressed: same size whatever the pixels) in two classes + unlabeled."""
+    from PIL import Image
+
+    for cls, value in (("a", 10), ("b", 240)):
+        (root / "labeled" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), value + i, np.uint8)).save(
+                root / "labeled" / cls / f"{i}.bmp")
+    (root / "unlabeled").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 100 + i, np.uint8)).save(root / "unlabeled" / f"{i}.bmp")
+
+
+def _folder_data(root: Path):
+    from interlude.data import build_data
+
+    return build_data(load_config(None, [
+        "data.name=imagefolder", f"data.labeled_dir={root / 'labeled'}",
+        f"data.unlabeled_dir={root / 'unlabeled'}", "data.resolution=8"]).data)
+
+
+def test_a_file_replaced_with_its_old_size_and_mtime_is_decoded_again(tmp_path):
+    _bmp_folders(tmp_path)
+    first = _folder_data(tmp_path)
+    target, other = tmp_path / "labeled" / "a" / "0.bmp", tmp_path / "labeled" / "b" / "0.bmp"
+    before = target.stat()
+    time.sleep(0.05)  # past the file system's clock granularity, as any later edit is
+    target.write_bytes(other.read_bytes())  # cp b/0.bmp a/0.bmp
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # touch -r backup a/0.bmp
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (before.st_size,
+                                                                   before.st_mtime_ns)
+    again = _folder_data(tmp_path)
+    row = list(again.labeled.labels).index(0)  # the first image of class a
+    assert np.asarray(first.labeled.images)[row].max() == 10
+    assert np.asarray(again.labeled.images)[row].max() == 240  # the pixels now in the file
+
+
+def test_planted_lock_links_are_refused_and_write_nothing_outside(tmp_path, image_cache):
+    from interlude.errors import DataError
+    from interlude.rundir import RunDir, RunDirBusy
+
+    _bmp_folders(tmp_path)
+    data = _folder_data(tmp_path)
+    del data
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for lock in (image_cache / "images").glob("*.use.lock"):
+        lock.unlink()
+        lock.symlink_to(outside / lock.name)
+    with pytest.raises(DataError, match="is a symbolic link; a lock file must be a plain file"):
+        _folder_data(tmp_path)
+    assert list(outside.iterdir()) == []
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".lock").symlink_to(outside / "victim")
+    with pytest.raises(RunDirBusy, match="symbolic link"):
+        RunDir(run_dir).acquire()
+    assert list(outside.iterdir()) == []

@@ -14,6 +14,7 @@ stale by construction and is taken over (and reported); a live holder is named i
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -24,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from interlude.artifact import remove_orphan_temporaries
 from interlude.errors import CheckpointError, InterludeError
+from interlude.files import SymlinkRefused, open_lock_file, remove_orphan_temporaries
 
 try:
     import fcntl
@@ -128,7 +129,10 @@ class RunDir:
         """Become the one owner, or raise :class:`RunDirBusy` naming the live holder."""
         self.path.mkdir(parents=True, exist_ok=True)
         lock_path = self.path / LOCK_FILE
-        handle = open(lock_path, "a+")  # noqa: SIM115 - held until release()
+        try:
+            handle = io.TextIOWrapper(open_lock_file(lock_path))  # no symlink; held until release()
+        except SymlinkRefused as exc:
+            raise RunDirBusy(f"{exc.strerror}, in {self.path}") from None
         if fcntl is not None:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -38,7 +38,7 @@ import numpy as np
 
 from interlude.config import DataConfig
 from interlude.data.base import UNLABELED, ImageSet, RawDataset
-from interlude.data.cache import cache_root
+from interlude.data.cache import cache_root, stat_signature
 from interlude.data.decode import DepthSummary, decode_image
 from interlude.data.folder_sets import FolderSet, as_luma, decode_set
 from interlude.data.registry import register_dataset
@@ -64,8 +64,8 @@ def _hidden(name: str) -> bool:
 @dataclass
 class ImageFiles:
     """The image files under ``root``: their paths relative to it ("/"-separated, in the order
-    sorted ``Path`` objects have) and each file's ``size:mtime_ns`` signature (what the image
-    cache's key is made of). Plain strings: a pool of 200k files costs megabytes, not the
+    sorted ``Path`` objects have) and each file's :func:`~interlude.data.cache.stat_signature`
+    (what the image cache's key is made of). Plain strings: a pool of 200k files costs megabytes, not the
     hundreds a list of ``Path`` objects would."""
 
     root: Path
@@ -100,8 +100,7 @@ def scan_images(folder: Path) -> ImageFiles:
                     stack.append((entry.path, (*prefix, entry.name)))
                 elif (os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES
                       and entry.is_file()):
-                    stat = entry.stat()
-                    found.append(((*prefix, entry.name), f"{stat.st_size}:{stat.st_mtime_ns}"))
+                    found.append(((*prefix, entry.name), stat_signature(entry.stat())))
             except OSError:  # removed while scanning
                 continue
     found.sort(key=lambda item: item[0])  # component-wise, as Path objects compare
