@@ -6,7 +6,8 @@ traceback. ``key=value`` overrides may stand anywhere among the options.
 
 Exit status: 0 done (or stopped by ``--stop-after``); 2 user error; 3 training diverged (NaN/inf;
 the last good checkpoint is kept); 128 + signal number when interrupted by a signal after a
-checkpoint was saved: 130 for SIGINT (Ctrl-C), 143 for SIGTERM.
+checkpoint was saved: 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP (the terminal or
+SSH session was closed).
 """
 
 from __future__ import annotations

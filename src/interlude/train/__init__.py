@@ -54,7 +54,7 @@ class RunResult:
     weights: Checkpoint
     """The final state, weights only, on the CPU (the estimator keeps it)."""
     stop_signal: int | None = None
-    """SIGINT/SIGTERM when the run was interrupted (a checkpoint was saved)."""
+    """SIGINT/SIGTERM/SIGHUP when the run was interrupted (a checkpoint was saved)."""
 
     @property
     def finished(self) -> bool:

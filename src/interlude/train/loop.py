@@ -354,7 +354,8 @@ class Trainer:
     # ------------------------------------------------------------------ interruption
     @contextmanager
     def _stop_on_signal(self):
-        """Ctrl-C / SIGTERM finish the current step, save a checkpoint and stop cleanly."""
+        """Ctrl-C, SIGTERM and SIGHUP (a closed terminal or SSH session) finish the current
+        step, save a checkpoint and stop cleanly (exit 128 + the signal's number)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -365,12 +366,17 @@ class Trainer:
             self._stop_requested = True
             self.stop_signal = signum
 
-        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
         try:
             yield
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+"""Signals that stop training with a checkpoint (SIGHUP does not exist on Windows)."""
 
 
 class _Window:
