@@ -315,3 +315,67 @@ def test_planted_lock_links_are_refused_and_write_nothing_outside(tmp_path, imag
     with pytest.raises(RunDirBusy, match="symbolic link"):
         RunDir(run_dir).acquire()
     assert list(outside.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the folder scan
+def _too_deep(root: Path) -> Path:
+    """A folder whose path is longer than PATH_MAX, made with relative steps, holding an image."""
+    from PIL import Image
+
+    fd = os.open(root, os.O_RDONLY)
+    depth = 0
+    try:
+        while len(str(root)) + depth * 201 < 4200:
+            os.mkdir("d" * 200, dir_fd=fd)
+            child = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd, depth = child, depth + 1
+        with os.fdopen(os.open("deep.bmp", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd),
+                       "wb") as handle:
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(handle, format="BMP")
+    finally:
+        os.close(fd)
+    return root.joinpath(*["d" * 200] * depth)
+
+
+def test_folders_the_scan_cannot_read_are_counted_and_reported(tmp_path, monkeypatch, caplog):
+    from interlude.data import load_raw
+    from interlude.data import folder as folder_module
+
+    _bmp_folders(tmp_path)
+    _too_deep(tmp_path / "unlabeled")
+    locked = tmp_path / "unlabeled" / "private"
+    locked.mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path):  # chmod 000 does not stop root, which runs these tests in CI
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(folder_module.os, "scandir", scandir)
+    with caplog.at_level("WARNING", logger="interlude"):
+        raw = load_raw(load_config(None, [
+            "data.name=imagefolder", f"data.labeled_dir={tmp_path / 'labeled'}",
+            f"data.unlabeled_dir={tmp_path / 'unlabeled'}", "data.resolution=8"]).data)
+    (note,) = [n for n in raw.notes if "could not be read" in n]
+    assert note.startswith("skipped 2 folder(s)/file(s) that could not be read (")
+    assert "1 File name too long" in note and "1 Permission denied" in note
+    assert "private (Permission denied)" in note and note in caplog.text
+    assert len(raw.extra_unlabeled) == 4  # the readable ones are used
+
+
+def test_a_class_folder_that_cannot_be_listed_says_why(tmp_path, monkeypatch):
+    from interlude.data import load_raw
+    from interlude.data import folder as folder_module
+    from interlude.errors import DataError
+
+    _bmp_folders(tmp_path)
+    real_scandir = os.scandir
+    monkeypatch.setattr(folder_module.os, "scandir", lambda path: (
+        (_ for _ in ()).throw(PermissionError(13, "Permission denied", str(path)))
+        if Path(path).name == "b" else real_scandir(path)))
+    with pytest.raises(DataError, match=r"hold no images .* that could be read \(b: Permission"):
+        load_raw(load_config(None, [
+            "data.name=imagefolder", f"data.labeled_dir={tmp_path / 'labeled'}",
+            f"data.unlabeled_dir={tmp_path / 'unlabeled'}"]).data)
