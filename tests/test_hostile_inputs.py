@@ -339,8 +339,8 @@ def _too_deep(root: Path) -> Path:
 
 
 def test_folders_the_scan_cannot_read_are_counted_and_reported(tmp_path, monkeypatch, caplog):
-    from interlude.data import load_raw
     from interlude.data import folder as folder_module
+    from interlude.data import load_raw
 
     _bmp_folders(tmp_path)
     _too_deep(tmp_path / "unlabeled")
@@ -366,8 +366,8 @@ def test_folders_the_scan_cannot_read_are_counted_and_reported(tmp_path, monkeyp
 
 
 def test_a_class_folder_that_cannot_be_listed_says_why(tmp_path, monkeypatch):
-    from interlude.data import load_raw
     from interlude.data import folder as folder_module
+    from interlude.data import load_raw
     from interlude.errors import DataError
 
     _bmp_folders(tmp_path)
@@ -379,3 +379,81 @@ def test_a_class_folder_that_cannot_be_listed_says_why(tmp_path, monkeypatch):
         load_raw(load_config(None, [
             "data.name=imagefolder", f"data.labeled_dir={tmp_path / 'labeled'}",
             f"data.unlabeled_dir={tmp_path / 'unlabeled'}"]).data)
+
+
+# ---------------------------------------------------------------- weights read back are checked
+@pytest.fixture
+def safetensors_export(digits_run, tmp_path):
+    from interlude.export import export_run
+
+    return export_run(digits_run, "safetensors", str(tmp_path / "export")).parent
+
+
+def _edit_weights(folder: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("weight") and weights[k].dim() > 1)
+    edit(weights, key)
+    save_file(weights, str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda w, k: w[k].view(-1)[0].fill_(float("nan")), r"NaN/inf in 1 tensor\(s\)"),
+    (lambda w, k: w.__setitem__(k, w[k].round().long()), "is int64, the network needs float32"),
+    (lambda w, k: w.__setitem__(k, w[k][:1]), "has shape"),
+])
+def test_exported_weights_are_checked_as_saving_checks_them(safetensors_export, edit, message):
+    import interlude
+    from interlude.export import ExportError
+
+    _edit_weights(safetensors_export, edit)
+    with pytest.raises(ExportError, match=message) as info:
+        interlude.load(safetensors_export)
+    assert "\n" not in str(info.value)
+
+
+def test_crafted_sidecar_sizes_allocate_nothing_and_a_wrong_format_is_an_export_error(
+        safetensors_export, tmp_path):
+    import json
+
+    import interlude
+    from interlude.export import ExportError
+
+    sidecar_path = safetensors_export / "interlude.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar_path.write_text(json.dumps({**sidecar, "model": {**sidecar["model"],
+                                                              "width": 10**6}}))
+    started = time.perf_counter()  # 10**6 channels would be terabytes of weights if built
+    with pytest.raises(ExportError, match="has shape"):
+        interlude.load(safetensors_export)
+    assert time.perf_counter() - started < 30
+    for fmt in ("torchscript", "onnx"):
+        sidecar_path.write_text(json.dumps({**sidecar, "format": fmt}))
+        with pytest.raises(ExportError, match="not a loadable|needs the 'onnx"):
+            interlude.load(safetensors_export, allow_code=True)
+    sidecar_path.write_text(" " * (17 << 20))
+    with pytest.raises(ExportError, match="a sidecar is a few KB"):
+        interlude.load(safetensors_export)
+
+
+def test_a_checkpoint_with_nan_or_integer_weights_does_not_load(digits_run, tmp_path,
+                                                                 tiny_overrides):
+    from interlude.errors import CheckpointError
+    from interlude.train import run
+
+    state = torch.load(digits_run / "checkpoints" / "last.pt", weights_only=True)
+    key = next(iter(state["ema"]))
+    state["ema"][key] = state["ema"][key].clone().fill_(float("nan"))
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"NaN/inf in 1 tensor\(s\), e.g. ema\."):
+        Checkpoint.load(tmp_path / "nan.pt")
+    state = torch.load(digits_run / "checkpoints" / "last.pt", weights_only=True)
+    key = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][key] = state["model"][key].round().to(torch.int32)
+    torch.save(state, tmp_path / "int.pt")
+    with pytest.raises(CheckpointError, match="is int32, the network needs float32"):
+        Checkpoint.load(tmp_path / "int.pt").build_model("raw")
+    (digits_run / "checkpoints" / "last.pt").write_bytes((tmp_path / "int.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="does not match this model: .* is int32"):
+        run(load_config(None, [*tiny_overrides, "algorithm.name=supervised"]), resume=True)

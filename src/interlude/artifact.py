@@ -122,21 +122,64 @@ def build_inference_net(model_cfg: ModelConfig, meta: RunMeta,
     """The one place a network is rebuilt from saved metadata: eval mode, fusion off.
 
     ``model_cfg.arch`` must be resolved (never ``auto``); the saved weights hold every
-    parameter, so ``model.pretrained`` is ignored.
+    parameter, so ``model.pretrained`` is ignored. The network is first laid out on the ``meta``
+    device (no memory) and the weights checked against it (:func:`weights_problem`: names,
+    shapes, dtypes, finite values), so a crafted config (``width`` 10**6) allocates nothing and
+    damaged weights never predict.
     """
     from interlude.nets import build_net
 
     cfg = ModelConfig(**{**model_cfg.__dict__, "pretrained": False})
     channels, height, _ = meta.image_shape
-    model = build_net(cfg, meta.num_classes, channels, height)
+
+    def network() -> nn.Module:
+        return build_net(cfg, meta.num_classes, channels, height)
+
     try:
-        model.load_state_dict(weights)
-    except (RuntimeError, TypeError, KeyError) as exc:
-        raise CheckpointError(
-            f"{source}: its weights do not match a {cfg.arch} network for {meta.num_classes} "
-            f"classes ({str(exc).splitlines()[0][:160]})"
-        ) from None
+        with torch.device("meta"):
+            expected = network().state_dict()
+    except InterludeError:
+        raise
+    except Exception as exc:  # a config no network can be built from
+        raise CheckpointError(f"{source}: no {cfg.arch} network can be built from its config "
+                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+    problem = weights_problem(weights, expected)
+    if problem is not None:
+        raise CheckpointError(f"{source}: its weights do not match a {cfg.arch} network for "
+                              f"{meta.num_classes} classes ({problem}); re-export or retrain")
+    model = network()
+    model.load_state_dict(weights)
     return model.eval()
+
+
+def weights_problem(weights: dict[str, Any], expected: dict[str, torch.Tensor]) -> str | None:
+    """What is wrong with ``weights`` for a network whose state dict is ``expected`` (a missing,
+    extra, misshapen or wrongly typed tensor, NaN/inf), or None. The checks saving applies
+    (finite values), plus those a cast would hide: an integer tensor for a float parameter
+    would load silently as whole numbers."""
+    missing = [k for k in expected if k not in weights]
+    if missing:
+        return f"{len(missing)} tensor(s) missing, e.g. {shown(missing[0])}"
+    extra = [k for k in weights if k not in expected]
+    if extra:
+        return f"{len(extra)} unexpected tensor(s), e.g. {shown(extra[0])}"
+    for key, want in expected.items():
+        have = weights[key]
+        if not isinstance(have, torch.Tensor):
+            return f"{shown(key)} is not a tensor"
+        if tuple(have.shape) != tuple(want.shape):
+            return f"{key} has shape {tuple(have.shape)}, the network needs {tuple(want.shape)}"
+        if have.is_floating_point() != want.is_floating_point() or have.is_complex():
+            return f"{key} is {str(have.dtype).removeprefix('torch.')}, the network needs " \
+                   f"{str(want.dtype).removeprefix('torch.')}"
+    bad = non_finite_entries(weights)
+    if bad:
+        return f"NaN/inf in {len(bad)} tensor(s), e.g. {bad[0]}"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return shown(str(exc).splitlines()[0] if str(exc) else "", 160)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -220,6 +263,10 @@ class Checkpoint:
                 isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
             )):
                 raise CheckpointError(f"{source}: '{key}' is not a state dict of tensors")
+        bad = non_finite_entries({"model": state["model"], "ema": state.get("ema")})
+        if bad:  # what saving refuses, loading refuses too: such weights predict one class
+            raise CheckpointError(f"{source}: NaN/inf in {len(bad)} tensor(s), e.g. {bad[0]}; it "
+                                  "is damaged: use another checkpoint or retrain")
         meta = RunMeta.from_dict(state["meta"], source)
         if config.model.arch == "auto":  # written before arch was resolved with the config
             from interlude.nets import resolve_arch

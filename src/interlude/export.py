@@ -40,6 +40,8 @@ EXPORT_VERSION = 1
 SIDECAR = "interlude.json"
 FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx", "torchscript": "model.pt"}
 ONNX_OPSET = 17
+MAX_SIDECAR_BYTES = 16 << 20
+"""A sidecar larger than this is refused before it is read (class names of 1e6 classes fit)."""
 
 
 class ExportError(InterludeError, ValueError):
@@ -190,6 +192,9 @@ def read_sidecar(path: Path) -> tuple[Path, dict[str, Any]]:
             f"{folder} holds no {SIDECAR}: point interlude.load at a folder written by "
             "`interlude export` (or the model file inside it)"
         )
+    if file.stat().st_size > MAX_SIDECAR_BYTES:
+        raise ExportError(f"{file} is {file.stat().st_size:,} bytes; a sidecar is a few KB "
+                          "(refusing to read it): re-export the model")
     try:
         raw = json.loads(file.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
@@ -245,7 +250,8 @@ def _load_safetensors(path: Path, sidecar: dict[str, Any]) -> nn.Module:
     try:
         weights = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise ExportError(f"{path} is not a readable safetensors file ({exc})") from None
+        raise ExportError(f"{path} is not a readable safetensors file ({_first_line(exc)}); does "
+                          f"'format' in {SIDECAR} match the file? re-export the model") from None
     try:
         return build_inference_net(sidecar["model"], sidecar["meta"], weights, str(path))
     except InterludeError as exc:
@@ -255,7 +261,17 @@ def _load_safetensors(path: Path, sidecar: dict[str, Any]) -> nn.Module:
 def _load_torchscript(path: Path, sidecar: dict[str, Any]) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.jit.load(str(path), map_location="cpu").eval()
+        try:
+            return torch.jit.load(str(path), map_location="cpu").eval()
+        except Exception as exc:  # not TorchScript (another format, damaged): torch's own types
+            raise ExportError(f"{path} is not a loadable TorchScript file ({type(exc).__name__}: "
+                              f"{_first_line(exc)}); does 'format' in {SIDECAR} match the file? "
+                              "re-export the model") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return shown(text.splitlines()[0] if text else type(exc).__name__, 160)
 
 
 def _load_onnx(path: Path, sidecar: dict[str, Any]) -> OnnxModel:
@@ -264,4 +280,5 @@ def _load_onnx(path: Path, sidecar: dict[str, Any]) -> OnnxModel:
     except ExportError:
         raise
     except Exception as exc:  # onnxruntime raises its own types for damaged graphs
-        raise ExportError(f"{path} is not a loadable ONNX model ({exc})") from None
+        raise ExportError(f"{path} is not a loadable ONNX model ({_first_line(exc)}); does "
+                          f"'format' in {SIDECAR} match the file? re-export the model") from None

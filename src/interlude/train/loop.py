@@ -27,6 +27,7 @@ from interlude.artifact import (
     RunMeta,
     rng_state,
     set_rng_state,
+    weights_problem,
     write_atomic,
 )
 from interlude.config import Config
@@ -322,6 +323,9 @@ class Trainer:
             raise CheckpointError("this checkpoint holds weights only (best.pt?); resume from "
                                   "last.pt")
         state = checkpoint.training
+        problem = weights_problem(checkpoint.model, unwrap(self.model).state_dict())
+        if problem is not None:
+            raise CheckpointError(f"the checkpoint does not match this model: {problem}")
         try:
             unwrap(self.model).load_state_dict(checkpoint.model)
             if self.ema is not None:
