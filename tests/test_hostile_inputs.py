@@ -457,3 +457,100 @@ def test_a_checkpoint_with_nan_or_integer_weights_does_not_load(digits_run, tmp_
     (digits_run / "checkpoints" / "last.pt").write_bytes((tmp_path / "int.pt").read_bytes())
     with pytest.raises(CheckpointError, match="does not match this model: .* is int32"):
         run(load_config(None, [*tiny_overrides, "algorithm.name=supervised"]), resume=True)
+
+
+# ---------------------------------------------------------------- a run directory knows its files
+def test_a_cache_folder_inside_the_run_folder_is_kept_and_not_mistaken_for_a_run(tmp_path):
+    from interlude.train import run
+
+    _bmp_folders(tmp_path)
+    run_dir = tmp_path / "runs" / "mine"
+    cfg = load_config(None, [
+        "data.name=imagefolder", f"data.labeled_dir={tmp_path / 'labeled'}",
+        f"data.unlabeled_dir={tmp_path / 'unlabeled'}", "data.resolution=8",
+        f"data.cache_dir={run_dir / 'cache'}", "algorithm.name=supervised", "model.width=4",
+        "train.batch_size=4", "train.mu=1", "train.steps=2", "train.eval_interval=2",
+        "train.checkpoint_interval=2", "train.progress=false", "train.device=cpu",
+        f"train.out_dir={tmp_path / 'runs'}", "train.run_name=mine"])
+    assert run(cfg).finished  # the cache it creates inside is not "a folder of other files"
+    entries = sorted(p.name for p in (run_dir / "cache" / "images").glob("*.u8"))
+    (run_dir / "notes.txt").write_text("mine")
+    assert run(cfg, overwrite=True).finished
+    assert sorted(p.name for p in (run_dir / "cache" / "images").glob("*.u8")) == entries
+    assert (run_dir / "notes.txt").read_text() == "mine"
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run(cfg)
+
+
+# ---------------------------------------------------------------- "bookkeeping" = same weights
+_CHANGED: dict[str, object] = {  # a value other than the base run's, for every bookkeeping key
+    "data.data_dir": "elsewhere", "data.download": True, "data.cache": False,
+    "data.cache_dir": "SECOND_CACHE", "data.decode_workers": 3, "train.eval_interval": 3,
+    "train.log_interval": 2, "train.checkpoint_interval": 1, "train.eval_batch_size": 3,
+    "train.num_workers": 1, "train.out_dir": "OTHER_OUT", "train.run_name": "moved",
+    "train.tensorboard": True, "train.progress": True,
+}
+
+
+def _base(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    return ["data.name=imagefolder", f"data.labeled_dir={tmp_path / 'labeled'}",
+            f"data.unlabeled_dir={tmp_path / 'unlabeled'}", "data.resolution=8",
+            "data.val_per_class=1", "algorithm.name=fixmatch", "model.width=4",
+            "train.batch_size=2", "train.mu=2", "train.steps=6", "train.eval_interval=2",
+            "train.log_interval=1", "train.checkpoint_interval=2", "train.progress=false",
+            "train.device=cpu", "train.threads=1", f"train.out_dir={tmp_path / 'runs'}",
+            f"train.run_name={name}", *extra]
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = Checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    return {**{f"model.{k}": v for k, v in state.model.items()},
+            **{f"ema.{k}": v for k, v in (state.ema or {}).items()}}
+
+
+@pytest.mark.parametrize("augment_on", ["device", "workers"])
+def test_a_resume_under_any_changed_bookkeeping_value_ends_with_the_same_weights(tmp_path,
+                                                                                 augment_on):
+    import shutil
+
+    from interlude.config import BOOKKEEPING_KEYS
+    from interlude.train import run
+
+    assert set(_CHANGED) == BOOKKEEPING_KEYS  # a new bookkeeping key must be tested here
+    _bmp_folders(tmp_path)
+    keys = ["train.num_workers"] if augment_on == "workers" else sorted(set(_CHANGED) - {
+        "train.num_workers"})
+    mode = f"train.augment_on={augment_on}"
+    reference = _weights(run(load_config(None, _base(tmp_path, "reference", mode))).run_dir)
+    for key in keys:
+        name = key.replace(".", "-")
+        run(load_config(None, _base(tmp_path, name, mode)), stop_after=2)
+        value = str(_CHANGED[key]).replace("SECOND_CACHE", str(tmp_path / "cache2")).replace(
+            "OTHER_OUT", str(tmp_path / "other"))
+        changed = _base(tmp_path, name, mode, f"{key}={value}")
+        if key in ("train.out_dir", "train.run_name"):  # the run moved: resume it where it is now
+            target = Path(value) / name if key == "train.out_dir" else tmp_path / "runs" / value
+            shutil.copytree(tmp_path / "runs" / name, target)
+        result = run(load_config(None, changed), resume=True)
+        weights = _weights(result.run_dir)
+        differing = [k for k in reference if not torch.equal(reference[k], weights[k])]
+        assert differing == [], f"{key}={value}: {len(differing)} tensors differ"
+
+
+def test_a_resume_with_other_threads_warns_that_it_is_not_bit_exact(tmp_path, caplog):
+    from interlude.config import ROUNDING_KEYS, diff
+    from interlude.train import run
+
+    assert {"train.threads", "train.device"} == ROUNDING_KEYS
+    _bmp_folders(tmp_path)
+    run(load_config(None, _base(tmp_path, "t")), stop_after=2)
+    try:
+        with caplog.at_level("WARNING", logger="interlude"):
+            result = run(load_config(None, _base(tmp_path, "t", "train.threads=2")), resume=True)
+    finally:
+        torch.set_num_threads(1)  # conftest's setting for the other tests
+    assert result.finished
+    assert "resumed with other threads than step 2 was trained with (threads 1 -> 2)" in caplog.text
+    assert "no longer bit-exact" in caplog.text
+    # a sweep or report still sees one experiment
+    assert diff(load_config(None, ["train.threads=1"]), load_config(None, ["train.threads=2"])) == []

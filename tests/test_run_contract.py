@@ -113,7 +113,7 @@ def test_overwrite_leaves_nothing_of_the_old_run(tiny_overrides):
     assert not result.finished
     files = set(_snapshot(run_dir))
     assert files == {"config.yaml", "split.json", "metrics.jsonl", "metrics.csv",
-                     "checkpoints/last.pt"}
+                     "checkpoints/last.pt", "notes.txt"}  # the user's file is not the run's
     assert max(r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")) == 3
 
 

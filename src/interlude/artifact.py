@@ -108,6 +108,16 @@ class RunMeta:
                    interpolation)
 
 
+def _execution(raw: Any) -> dict[str, Any] | None:
+    """The ``execution`` record of a checkpoint, or None when absent or not well formed (it only
+    decides a warning, so a damaged one is dropped rather than refused)."""
+    if not isinstance(raw, dict):
+        return None
+    kept = {k: v for k, v in raw.items() if isinstance(k, str) and (
+        _is_int(v) or (isinstance(v, str) and len(v) <= 64))}
+    return kept or None
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -199,6 +209,9 @@ class Checkpoint:
     training: dict[str, Any] | None = None
     best: dict[str, Any] | None = None
     last_eval: dict[str, Any] = field(default_factory=dict)
+    execution: dict[str, Any] | None = None
+    """What the rounding depended on when this was written (device type, CPU threads, processes):
+    a resume under other values is not bit-exact, and says so. None in files of earlier versions."""
 
     @property
     def primary(self) -> str:
@@ -241,6 +254,8 @@ class Checkpoint:
         }
         if self.training is not None:
             state.update(self.training)
+        if self.execution is not None:
+            state["execution"] = self.execution
         return state
 
     @classmethod
@@ -278,6 +293,7 @@ class Checkpoint:
             ema=state.get("ema"),
             training={k: state[k] for k in _TRAINING_KEYS} if has_training else None,
             best=state.get("best"), last_eval=state.get("last_eval") or {},
+            execution=_execution(state.get("execution")),
         )
 
     # ------------------------------------------------------------------ files

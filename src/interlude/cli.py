@@ -105,6 +105,8 @@ def cmd_config(args: argparse.Namespace) -> int:
                 facts.append(f"valid: {spec.valid}")
             if spec.bookkeeping:
                 facts.append("bookkeeping")
+            if spec.rounding:
+                facts.append("rounding only")
             lines.append(f"{key} ({'; '.join(facts)}): {' '.join(doc.split())}")
         print("\n".join(lines))
         return 0

@@ -94,23 +94,27 @@ def setting(
     le: float | None = None,
     lt: float | None = None,
     bookkeeping: bool = False,
+    rounding: bool = False,
     choices: tuple[str, ...] | None = None,
     pattern: tuple[re.Pattern[str], str] | None = None,
 ) -> Any:
     """A config field carrying its schema in ``dataclasses.field(metadata=...)``.
 
     ``ge``/``gt``/``le``/``lt``: valid range of a number (of every item of a ``list[int]``; None is
-    always accepted where the type allows it). ``bookkeeping``: the key does not change what is
-    computed (logging, paths, device, threads), so a resumed run, a sweep or a report may ignore
-    it. ``choices``: the strings accepted. ``pattern``: ``(regex, description)`` a string must match
-    as a whole. Write the key's description as a docstring on the line below (see
+    always accepted where the type allows it). ``bookkeeping``: the key does not change the
+    result (logging, intervals, paths; a test resumes under each changed value and compares the
+    weights bit for bit), so a resumed run, a sweep or a report may ignore it. ``rounding``: the
+    key changes only floating-point rounding (device, threads): the same experiment, not the same
+    bits, so a sweep or a report ignores it and a resume under another value warns that it is no
+    longer bit-exact. ``choices``: the strings accepted. ``pattern``: ``(regex, description)`` a
+    string must match as a whole. Write the key's description as a docstring on the line below (see
     :func:`field_docs`).
     """
     bounds = None
     if any(b is not None for b in (ge, gt, le, lt)):
         bounds = Range(ge, gt, le, lt)
-    metadata = {"range": bounds, "bookkeeping": bookkeeping, "choices": choices,
-                "pattern": pattern}
+    metadata = {"range": bounds, "bookkeeping": bookkeeping, "rounding": rounding,
+                "choices": choices, "pattern": pattern}
     return field(default=default, metadata=metadata)
 
 
@@ -297,8 +301,9 @@ class TrainConfig:
     """Save `checkpoints/last.pt` every this many steps."""
     eval_batch_size: int = setting(256, ge=1, bookkeeping=True)
     """Images per forward pass when evaluating."""
-    device: str = setting("auto", bookkeeping=True, pattern=(DEVICE_PATTERN, DEVICE_FORMS))
-    """Training device; auto = CUDA when available, else CPU."""
+    device: str = setting("auto", rounding=True, pattern=(DEVICE_PATTERN, DEVICE_FORMS))
+    """Training device; auto = CUDA when available, else CPU. Changes floating-point rounding: a
+    resume on another device type warns that the run is no longer bit-exact."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocast (CUDA); fp32 everywhere else."""
     channels_last: bool = True
@@ -321,8 +326,9 @@ class TrainConfig:
     """Best checkpoint chosen on the validation set when there is one; never on test."""
     sync_bn: bool = False
     """Convert BatchNorm to SyncBatchNorm under DDP."""
-    threads: int = setting(0, ge=0, bookkeeping=True)
-    """torch CPU threads (0 = torch default)."""
+    threads: int = setting(0, ge=0, rounding=True)
+    """torch CPU threads (0 = torch default). Changes floating-point rounding: a resume with
+    another thread count warns that the run is no longer bit-exact."""
 
 
 @dataclass
@@ -401,6 +407,7 @@ class KeySpec:
     """The field's default; None for a per-algorithm key (see ``per_algorithm``)."""
     range: Range | None = None
     bookkeeping: bool = False
+    rounding: bool = False
     choices: tuple[str, ...] | None = None
     pattern: tuple[re.Pattern[str], str] | None = None
     per_algorithm: dict[str, Any] | None = None
@@ -459,6 +466,7 @@ def schema() -> dict[str, KeySpec]:
             specs[f"{section}.{f.name}"] = KeySpec(
                 key=f"{section}.{f.name}", type=hints[f.name], default=default,
                 range=meta.get("range"), bookkeeping=bool(meta.get("bookkeeping", False)),
+                rounding=bool(meta.get("rounding", False)),
                 choices=meta.get("choices"), pattern=meta.get("pattern"),
                 per_algorithm=per_algorithm,
             )
@@ -466,8 +474,13 @@ def schema() -> dict[str, KeySpec]:
 
 
 BOOKKEEPING_KEYS: frozenset[str] = frozenset(k for k, s in schema().items() if s.bookkeeping)
-"""Keys that change where or how a run executes (logging, paths, device, threads), not the weights
-it trains: a resumed run, a sweep's existing run and a report's variant may differ in these."""
+"""Keys that change where or how a run is recorded (logging, intervals, paths), not the weights
+it trains (bit for bit, tested): a resumed run, a sweep's existing run and a report's variant may
+differ in these."""
+ROUNDING_KEYS: frozenset[str] = frozenset(k for k, s in schema().items() if s.rounding)
+"""Keys that change only floating-point rounding (device, threads): a sweep's existing run and a
+report's variant may differ in these; a resume may too, with a warning that it is not
+bit-exact (the trainer compares the device type and thread count actually used)."""
 
 
 def diff(
@@ -481,7 +494,8 @@ def diff(
     ``old``/``new`` are Configs or ``Config.to_dict()`` trees (nested or already flattened to
     dotted keys), e.g. a saved ``config.yaml`` and the config of now. Only keys present in both are
     compared, so a key added by a newer version does not make older runs differ; keys in
-    :data:`BOOKKEEPING_KEYS` are skipped unless ``include_bookkeeping``. Keys come in schema order.
+    :data:`BOOKKEEPING_KEYS` and :data:`ROUNDING_KEYS` are skipped unless
+    ``include_bookkeeping``. Keys come in schema order.
     """
     there, now = dotted(old), dotted(new)
     known = [k for k in schema() if k in there and k in now]
@@ -489,7 +503,8 @@ def diff(
     return [
         f"{key}: {shown(there[key])} there, {shown(now[key])} now"
         for key in [*known, *other]
-        if (include_bookkeeping or key not in BOOKKEEPING_KEYS) and there[key] != now[key]
+        if (include_bookkeeping or key not in BOOKKEEPING_KEYS | ROUNDING_KEYS)
+        and there[key] != now[key]
     ]
 
 

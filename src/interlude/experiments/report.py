@@ -25,14 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interlude.config import BOOKKEEPING_KEYS, diff, dotted
+from interlude.config import BOOKKEEPING_KEYS, ROUNDING_KEYS, diff, dotted
 from interlude.errors import InterludeError
 from interlude.files import write_atomic
 from interlude.train.logger import read_jsonl
 
 # Keys that change between runs of one variant without changing what is being measured: the
-# bookkeeping keys, and the training seed (a variant's runs are its seeds).
-IGNORED_KEYS = BOOKKEEPING_KEYS | {"train.seed"}
+# bookkeeping keys, the keys that change only rounding (device, threads), and the training seed
+# (a variant's runs are its seeds).
+IGNORED_KEYS = BOOKKEEPING_KEYS | ROUNDING_KEYS | {"train.seed"}
 PLOTS_HINT = "Plots need matplotlib: `pip install 'interlude[plots]'`."
 
 

@@ -198,7 +198,7 @@ def check_existing(run: PlannedRun) -> None:
 
     Only keys known to both are compared, so a config field added by a newer version of the
     package does not invalidate finished runs; bookkeeping keys (``config.BOOKKEEPING_KEYS``:
-    paths, device, threads, logging) may differ.
+    paths, logging) and rounding keys (``config.ROUNDING_KEYS``: device, threads) may differ.
     """
     saved_path = run.run_dir / "config.yaml"
     if run.config is None or not saved_path.is_file():

@@ -291,7 +291,25 @@ class Trainer:
             model=unwrap(self.model).state_dict(),
             ema=self.ema.state_dict() if self.ema is not None else None,
             training=training, best=self.best, last_eval=self.last_eval,
+            execution=self.execution(),
         )
+
+    def execution(self) -> dict[str, Any]:
+        """What floating-point rounding depends on besides the config: the device type, the CPU
+        threads actually used (``train.threads=0`` is the machine's core count) and the number
+        of processes."""
+        return {"device": self.device.type, "threads": torch.get_num_threads(),
+                "processes": self.dist.world_size}
+
+    def _warn_if_not_bit_exact(self, checkpoint: Checkpoint) -> None:
+        then, now = checkpoint.execution or {}, self.execution()
+        changed = [f"{key} {then[key]} -> {value}" for key, value in now.items()
+                   if key in then and then[key] != value]
+        if changed:
+            log.warning("resumed with other %s than step %d was trained with (%s): the run "
+                        "continues, but it is no longer bit-exact with an uninterrupted one",
+                        "/".join(k.split()[0] for k in changed), checkpoint.step,
+                        ", ".join(changed))
 
     def save_checkpoint(self) -> None:
         """Write ``last.pt``; a state with NaN/inf anywhere stops training and is not written."""
@@ -339,6 +357,7 @@ class Trainer:
                 f"{str(exc).splitlines()[0][:200]}"
             ) from None
         set_rng_state(state["rng"])
+        self._warn_if_not_bit_exact(checkpoint)
         self.step = self.saved_step = checkpoint.step
         self.best = checkpoint.best
         self.last_eval = checkpoint.last_eval
