@@ -554,3 +554,20 @@ def test_a_resume_with_other_threads_warns_that_it_is_not_bit_exact(tmp_path, ca
     assert "no longer bit-exact" in caplog.text
     # a sweep or report still sees one experiment
     assert diff(load_config(None, ["train.threads=1"]), load_config(None, ["train.threads=2"])) == []
+
+
+# ---------------------------------------------------------------- found by the re-probe
+def test_deeply_nested_yaml_and_json_are_one_line_errors(tmp_path, safetensors_export):
+    import interlude
+    from interlude.export import ExportError
+
+    deep = "[" * 20_000 + "]" * 20_000
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(None, [f"train.run_name={deep}"])
+    path = tmp_path / "deep.yaml"
+    path.write_text(f"train:\n  run_name: {deep}\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(path)
+    (safetensors_export / "interlude.json").write_text(deep)
+    with pytest.raises(ExportError, match="not valid JSON .*nested too deeply"):
+        interlude.load(safetensors_export)

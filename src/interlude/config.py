@@ -697,6 +697,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.load(raw, Loader=UniqueKeyLoader) if raw.strip() else raw  # a SafeLoader
     except yaml.YAMLError:
         value = raw
+    except RecursionError:
+        raise ConfigError(f"override {shown(key.strip())}: the value is nested too deeply; "
+                          "write a flat value") from None
     except ConfigError as exc:
         raise ConfigError(f"override {shown(key.strip())}: {exc}") from None
     if isinstance(value, str) and _looks_like_float(value):
@@ -826,6 +829,8 @@ def read_yaml(path: str | Path) -> Any:
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a UTF-8 text file; a config must be YAML text "
                           "(save it as UTF-8)") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: values are nested too deeply to be a config") from None
 
 
 def load_config(

@@ -33,6 +33,7 @@ from torch import nn
 
 from interlude.artifact import Checkpoint, RunMeta, build_inference_net, write_atomic
 from interlude.errors import InterludeError, shown
+from interlude.files import parse_json
 from interlude.inference import Predictor
 from interlude.rundir import RunDir
 
@@ -196,7 +197,7 @@ def read_sidecar(path: Path) -> tuple[Path, dict[str, Any]]:
         raise ExportError(f"{file} is {file.stat().st_size:,} bytes; a sidecar is a few KB "
                           "(refusing to read it): re-export the model")
     try:
-        raw = json.loads(file.read_text())
+        raw = parse_json(file.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise ExportError(f"{file} is not valid JSON ({exc}); re-export the model") from None
     if not isinstance(raw, dict) or raw.get("interlude_export_version") != EXPORT_VERSION:

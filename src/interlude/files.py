@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import errno
 import io
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -188,3 +189,14 @@ def open_lock_file(path: Path) -> IO[bytes]:
 
 class SymlinkRefused(OSError):
     """A lock file path is a symbolic link (planted to redirect a write)."""
+
+
+# ----------------------------------------------------------------------------- reading JSON
+def parse_json(text: str) -> Any:
+    """``json.loads`` for files a user or an attacker may have written: nesting deeper than the
+    interpreter's recursion limit (``[[[[...]]]]``) is a ``ValueError`` like any malformed JSON,
+    which every reader already turns into one line, not a ``RecursionError`` traceback."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply (not a file interlude wrote)") from None

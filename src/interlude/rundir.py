@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from interlude.errors import CheckpointError, InterludeError
-from interlude.files import SymlinkRefused, open_lock_file, remove_orphan_temporaries
+from interlude.files import SymlinkRefused, open_lock_file, parse_json, remove_orphan_temporaries
 
 try:
     import fcntl
@@ -207,7 +207,7 @@ class RunDir:
 
 def _read_holder(lock_path: Path, default: str = "another process") -> str:
     try:
-        info = json.loads(lock_path.read_text() or "{}")
+        info = parse_json(lock_path.read_text() or "{}")
     except (OSError, ValueError):
         return default
     if not isinstance(info, dict) or "pid" not in info:

@@ -44,7 +44,7 @@ import numpy as np
 
 from interlude.data.ondisk import DiskImages
 from interlude.errors import DataError, shown
-from interlude.files import TMP_SUFFIX, open_lock_file, write_atomic
+from interlude.files import TMP_SUFFIX, open_lock_file, parse_json, write_atomic
 
 try:
     import fcntl
@@ -370,7 +370,7 @@ def _read_entry(folder: Path, spec: CacheSpec, check_info: CheckInfo) -> tuple[C
     if not meta_path.is_file() or not data_path.is_file():
         return None, "missing"
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = parse_json(meta_path.read_text(encoding="utf-8"))
         if not isinstance(meta, dict):
             raise ValueError("metadata is not a JSON object")
         if meta.get("format") != FORMAT:

@@ -16,7 +16,6 @@ Plots need matplotlib (``pip install 'interlude[plots]'``); without it only the 
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import sys
@@ -27,7 +26,7 @@ from typing import Any
 
 from interlude.config import BOOKKEEPING_KEYS, ROUNDING_KEYS, diff, dotted
 from interlude.errors import InterludeError
-from interlude.files import write_atomic
+from interlude.files import parse_json, write_atomic
 from interlude.train.logger import read_jsonl
 
 # Keys that change between runs of one variant without changing what is being measured: the
@@ -151,7 +150,7 @@ def load_runs(run_dirs: Iterable[Path]) -> list[Run]:
     runs = []
     for d in find_run_dirs(run_dirs):
         try:
-            summary = json.loads((d / "summary.json").read_text())
+            summary = parse_json((d / "summary.json").read_text())
             config = read_yaml(d / "config.yaml") if (d / "config.yaml").is_file() else {}
         except (OSError, ValueError, InterludeError) as exc:
             _note(f"skipping {d}: {' '.join(str(exc).split())}")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from interlude.files import csv_row, write_atomic
+from interlude.files import csv_row, parse_json, write_atomic
 
 log = logging.getLogger("interlude")
 
@@ -70,7 +70,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except ValueError:
             damaged += 1
             continue
