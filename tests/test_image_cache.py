@@ -152,7 +152,8 @@ def test_corrupt_files_are_skipped_once_and_reported_from_the_cache(tmp_path, ca
 
 
 # ---------------------------------------------------------------------- damaged entries
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "shape", "labels", "sums", "extra-row"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "shape", "labels", "sums",
+                                    "forged-sums", "extra-row"])
 def test_damaged_entry_is_rebuilt_with_a_warning_never_trusted(tmp_path, image_cache, caplog,
                                                                damage):
     make_folders(tmp_path)
@@ -172,6 +173,9 @@ def test_damaged_entry_is_rebuilt_with_a_warning_never_trusted(tmp_path, image_c
         meta_path.write_text(json.dumps(meta))
     elif damage == "sums":
         meta["sums"]["total"] = [-1, 0, 0]
+        meta_path.write_text(json.dumps(meta))
+    elif damage == "forged-sums":  # each within 0..255 x pixels, together impossible (issue 19)
+        meta["sums"]["squares"] = [0, 0, 0]  # a variance below zero: sum(x)**2 > n * sum(x**2)
         meta_path.write_text(json.dumps(meta))
     else:  # one row more in both the file and the shape: the file list no longer matches
         data_path.write_bytes(data_path.read_bytes() + bytes(3 * 16 * 16))

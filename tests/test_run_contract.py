@@ -113,7 +113,7 @@ def test_overwrite_leaves_nothing_of_the_old_run(tiny_overrides):
     assert not result.finished
     files = set(_snapshot(run_dir))
     assert files == {"config.yaml", "split.json", "metrics.jsonl", "metrics.csv",
-                     "checkpoints/last.pt"}
+                     "checkpoints/last.pt", "notes.txt"}  # the user's file is not the run's
     assert max(r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")) == 3
 
 
@@ -309,7 +309,8 @@ def test_torn_last_metrics_line_is_dropped_with_a_warning(tiny_overrides, caplog
 
 
 # ---------------------------------------------------------------- 6. exit codes, temp files, disk full
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130),
+                                       (signal.SIGHUP, 129)])  # a closed terminal (issue 19)
 def test_signal_saves_a_checkpoint_and_exits_non_zero(tiny_overrides, sig, code):
     process = _spawn_training(tiny_overrides)
     run_dir = run_dir_for(_cfg(tiny_overrides))

@@ -179,6 +179,16 @@ def test_weights_files_that_do_not_fit_are_one_line_errors(tmp_path):
     torch.save(damaged, tmp_path / "nan.pth")
     cases.append(("timm/resnet10t", tmp_path / "nan.pth",
                   r"holds NaN/inf values in 1 tensor\(s\) \(e.g. conv1.0.weight\)"))
+    whole = net("timm/resnet10t", 16).state_dict()  # integer weights load cast, silently (issue 19)
+    whole["conv1.0.weight"] = whole["conv1.0.weight"].round().long()
+    torch.save({"state_dict": whole}, tmp_path / "int.pth")
+    from safetensors.torch import save_file
+
+    save_file(whole, str(tmp_path / "int.safetensors"))
+    for name in ("int.pth", "int.safetensors"):
+        cases.append(("timm/resnet10t", tmp_path / name,
+                      r"holds integer tensors where timm/resnet10t has float weights \("
+                      r"(state_dict\.)?conv1.0.weight\)"))
     for arch, file, message in cases:
         with pytest.raises(ConfigError, match=message) as info:
             net(arch, 16, pretrained=str(file))

@@ -5,90 +5,37 @@ Every reader (resume, ``interlude eval``/``predict``/``export``, the estimator, 
 goes through :class:`Checkpoint` and :func:`build_inference_net`, so a file is validated once, the
 same way, and a model for inference is always built the same way: embedding fusion off, eval mode.
 
-Writing is atomic (temporary file in the same folder, fsync, ``os.replace``): a kill or a full
-disk leaves the previous file, never half of a new one. A checkpoint holds only tensors, numbers,
-strings, lists and dicts, loads with ``torch.load(weights_only=True)`` and is refused before it
-is written if any tensor in it is NaN or infinite, so "the last good checkpoint" is good.
+Writing is atomic (:func:`interlude.files.write_atomic`: temporary file in the same folder,
+fsync, ``os.replace``): a kill or a full disk leaves the previous file, never half of a new one. A
+checkpoint holds only tensors, numbers, strings, lists and dicts, loads with
+``torch.load(weights_only=True)`` and is refused before it is written if any tensor in it is NaN
+or infinite, so "the last good checkpoint" is good.
 """
 
 from __future__ import annotations
 
-import errno
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from interlude.config import Config, ModelConfig, config_from_dict
-from interlude.errors import CheckpointError, InterludeError, TrainingDiverged
+from interlude.errors import CheckpointError, InterludeError, TrainingDiverged, shown
+from interlude.files import TMP_SUFFIX, WriteError, remove_orphan_temporaries, write_atomic
+
+__all__ = ["TMP_SUFFIX", "Checkpoint", "NonFiniteState", "RunMeta", "WriteError",
+           "build_inference_net", "non_finite_entries", "remove_orphan_temporaries",
+           "write_atomic"]
 
 FORMAT_VERSION = 1
-TMP_SUFFIX = ".tmp"
 _TRAINING_KEYS = ("optimizer", "scheduler", "algorithm", "rng")
-
-
-class WriteError(InterludeError):
-    """A file could not be written (disk full, permissions); the previous version is kept."""
 
 
 class NonFiniteState(TrainingDiverged):
     """A checkpoint would hold NaN/inf values; it was not written."""
-
-
-# ----------------------------------------------------------------------------- atomic writes
-def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None] | bytes | str) -> None:
-    """Write ``path`` through a temporary file in its folder and ``os.replace``.
-
-    ``write`` is the content (bytes or text) or a function writing to a binary handle. On any
-    failure the temporary file is removed and the old ``path`` (if any) is left untouched; an
-    ``OSError`` (disk full, read-only folder) becomes a one-line :class:`WriteError`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the mode open() would (umask)
-            os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            if callable(write):
-                write(handle)
-            else:
-                handle.write(write.encode() if isinstance(write, str) else write)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
-        reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (
-            exc.strerror or type(exc).__name__)
-        raise WriteError(f"could not write {path}: {reason}; {kept}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def remove_orphan_temporaries(folder: Path) -> list[Path]:
-    """Delete ``.*.tmp`` files an interrupted :func:`write_atomic` left in ``folder`` (recursive)."""
-    removed = []
-    if folder.is_dir():
-        for path in folder.rglob(f".*{TMP_SUFFIX}"):
-            if path.is_file():
-                path.unlink(missing_ok=True)
-                removed.append(path)
-    return removed
 
 
 # ----------------------------------------------------------------------------- metadata
@@ -130,7 +77,7 @@ class RunMeta:
             raise bad("the metadata is not a mapping")
         num_classes = raw.get("num_classes")
         if not _is_int(num_classes) or not 2 <= num_classes <= 1_000_000:
-            raise bad(f"num_classes must be an integer >= 2, got {num_classes!r}")
+            raise bad(f"num_classes must be an integer >= 2, got {shown(num_classes)}")
         names = raw.get("class_names")
         if not isinstance(names, (list, tuple)) or len(names) != num_classes or not all(
             isinstance(n, (str, int)) and not isinstance(n, bool) for n in names
@@ -141,7 +88,7 @@ class RunMeta:
         shape = raw.get("image_shape")
         if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(map(_is_int, shape))
                 and shape[0] in (1, 3) and min(shape[1:]) >= 4 and max(shape[1:]) <= 8192):
-            raise bad(f"image_shape must be [channels 1|3, height, width >= 4], got {shape!r}")
+            raise bad(f"image_shape must be [channels 1|3, height, width >= 4], got {shown(shape)}")
         channels = int(shape[0])
         stats = {}
         for key in ("mean", "std"):
@@ -149,16 +96,26 @@ class RunMeta:
             if not (isinstance(values, (list, tuple)) and len(values) == channels and all(
                 _is_number(v) and math.isfinite(v) for v in values
             )):
-                raise bad(f"{key} must hold {channels} finite number(s), got {values!r}")
+                raise bad(f"{key} must hold {channels} finite number(s), got {shown(values)}")
             stats[key] = tuple(float(v) for v in values)
         if min(stats["std"]) <= 0:
             raise bad(f"std must be positive, got {list(stats['std'])}")
         interpolation = raw.get("interpolation", "bilinear")
         if interpolation not in ("bilinear", "bicubic"):
-            raise bad(f"interpolation must be bilinear or bicubic, got {interpolation!r}")
+            raise bad(f"interpolation must be bilinear or bicubic, got {shown(interpolation)}")
         return cls(int(num_classes), tuple(str(n) for n in names),
                    (channels, int(shape[1]), int(shape[2])), stats["mean"], stats["std"],
                    interpolation)
+
+
+def _execution(raw: Any) -> dict[str, Any] | None:
+    """The ``execution`` record of a checkpoint, or None when absent or not well formed (it only
+    decides a warning, so a damaged one is dropped rather than refused)."""
+    if not isinstance(raw, dict):
+        return None
+    kept = {k: v for k, v in raw.items() if isinstance(k, str) and (
+        _is_int(v) or (isinstance(v, str) and len(v) <= 64))}
+    return kept or None
 
 
 def _is_int(value: Any) -> bool:
@@ -175,21 +132,64 @@ def build_inference_net(model_cfg: ModelConfig, meta: RunMeta,
     """The one place a network is rebuilt from saved metadata: eval mode, fusion off.
 
     ``model_cfg.arch`` must be resolved (never ``auto``); the saved weights hold every
-    parameter, so ``model.pretrained`` is ignored.
+    parameter, so ``model.pretrained`` is ignored. The network is first laid out on the ``meta``
+    device (no memory) and the weights checked against it (:func:`weights_problem`: names,
+    shapes, dtypes, finite values), so a crafted config (``width`` 10**6) allocates nothing and
+    damaged weights never predict.
     """
     from interlude.nets import build_net
 
     cfg = ModelConfig(**{**model_cfg.__dict__, "pretrained": False})
     channels, height, _ = meta.image_shape
-    model = build_net(cfg, meta.num_classes, channels, height)
+
+    def network() -> nn.Module:
+        return build_net(cfg, meta.num_classes, channels, height)
+
     try:
-        model.load_state_dict(weights)
-    except (RuntimeError, TypeError, KeyError) as exc:
-        raise CheckpointError(
-            f"{source}: its weights do not match a {cfg.arch} network for {meta.num_classes} "
-            f"classes ({str(exc).splitlines()[0][:160]})"
-        ) from None
+        with torch.device("meta"):
+            expected = network().state_dict()
+    except InterludeError:
+        raise
+    except Exception as exc:  # a config no network can be built from
+        raise CheckpointError(f"{source}: no {cfg.arch} network can be built from its config "
+                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+    problem = weights_problem(weights, expected)
+    if problem is not None:
+        raise CheckpointError(f"{source}: its weights do not match a {cfg.arch} network for "
+                              f"{meta.num_classes} classes ({problem}); re-export or retrain")
+    model = network()
+    model.load_state_dict(weights)
     return model.eval()
+
+
+def weights_problem(weights: dict[str, Any], expected: dict[str, torch.Tensor]) -> str | None:
+    """What is wrong with ``weights`` for a network whose state dict is ``expected`` (a missing,
+    extra, misshapen or wrongly typed tensor, NaN/inf), or None. The checks saving applies
+    (finite values), plus those a cast would hide: an integer tensor for a float parameter
+    would load silently as whole numbers."""
+    missing = [k for k in expected if k not in weights]
+    if missing:
+        return f"{len(missing)} tensor(s) missing, e.g. {shown(missing[0])}"
+    extra = [k for k in weights if k not in expected]
+    if extra:
+        return f"{len(extra)} unexpected tensor(s), e.g. {shown(extra[0])}"
+    for key, want in expected.items():
+        have = weights[key]
+        if not isinstance(have, torch.Tensor):
+            return f"{shown(key)} is not a tensor"
+        if tuple(have.shape) != tuple(want.shape):
+            return f"{key} has shape {tuple(have.shape)}, the network needs {tuple(want.shape)}"
+        if have.is_floating_point() != want.is_floating_point() or have.is_complex():
+            return f"{key} is {str(have.dtype).removeprefix('torch.')}, the network needs " \
+                   f"{str(want.dtype).removeprefix('torch.')}"
+    bad = non_finite_entries(weights)
+    if bad:
+        return f"NaN/inf in {len(bad)} tensor(s), e.g. {bad[0]}"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return shown(str(exc).splitlines()[0] if str(exc) else "", 160)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -209,6 +209,9 @@ class Checkpoint:
     training: dict[str, Any] | None = None
     best: dict[str, Any] | None = None
     last_eval: dict[str, Any] = field(default_factory=dict)
+    execution: dict[str, Any] | None = None
+    """What the rounding depended on when this was written (device type, CPU threads, processes):
+    a resume under other values is not bit-exact, and says so. None in files of earlier versions."""
 
     @property
     def primary(self) -> str:
@@ -251,6 +254,8 @@ class Checkpoint:
         }
         if self.training is not None:
             state.update(self.training)
+        if self.execution is not None:
+            state["execution"] = self.execution
         return state
 
     @classmethod
@@ -273,6 +278,10 @@ class Checkpoint:
                 isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
             )):
                 raise CheckpointError(f"{source}: '{key}' is not a state dict of tensors")
+        bad = non_finite_entries({"model": state["model"], "ema": state.get("ema")})
+        if bad:  # what saving refuses, loading refuses too: such weights predict one class
+            raise CheckpointError(f"{source}: NaN/inf in {len(bad)} tensor(s), e.g. {bad[0]}; it "
+                                  "is damaged: use another checkpoint or retrain")
         meta = RunMeta.from_dict(state["meta"], source)
         if config.model.arch == "auto":  # written before arch was resolved with the config
             from interlude.nets import resolve_arch
@@ -284,6 +293,7 @@ class Checkpoint:
             ema=state.get("ema"),
             training={k: state[k] for k in _TRAINING_KEYS} if has_training else None,
             best=state.get("best"), last_eval=state.get("last_eval") or {},
+            execution=_execution(state.get("execution")),
         )
 
     # ------------------------------------------------------------------ files

@@ -6,7 +6,8 @@ traceback. ``key=value`` overrides may stand anywhere among the options.
 
 Exit status: 0 done (or stopped by ``--stop-after``); 2 user error; 3 training diverged (NaN/inf;
 the last good checkpoint is kept); 128 + signal number when interrupted by a signal after a
-checkpoint was saved: 130 for SIGINT (Ctrl-C), 143 for SIGTERM.
+checkpoint was saved: 130 for SIGINT (Ctrl-C), 143 for SIGTERM, 129 for SIGHUP (the terminal or
+SSH session was closed).
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ def cmd_config(args: argparse.Namespace) -> int:
                 facts.append(f"valid: {spec.valid}")
             if spec.bookkeeping:
                 facts.append("bookkeeping")
+            if spec.rounding:
+                facts.append("rounding only")
             lines.append(f"{key} ({'; '.join(facts)}): {' '.join(doc.split())}")
         print("\n".join(lines))
         return 0
@@ -273,8 +276,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+MAX_ERROR_CHARS = 3000
+"""An error line longer than this is cut: quoted input is bounded where it is quoted
+(:func:`interlude.errors.shown`), this is the backstop for the terminal."""
+
+
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    text = " ".join(str(exc).split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 if __name__ == "__main__":

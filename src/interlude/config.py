@@ -30,7 +30,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from interlude.errors import ConfigError
+from interlude.errors import ConfigError, shown
 
 SEED_MAX = 2**63 - 1
 """Largest seed: torch and numpy generators take 64-bit seeds."""
@@ -94,23 +94,27 @@ def setting(
     le: float | None = None,
     lt: float | None = None,
     bookkeeping: bool = False,
+    rounding: bool = False,
     choices: tuple[str, ...] | None = None,
     pattern: tuple[re.Pattern[str], str] | None = None,
 ) -> Any:
     """A config field carrying its schema in ``dataclasses.field(metadata=...)``.
 
     ``ge``/``gt``/``le``/``lt``: valid range of a number (of every item of a ``list[int]``; None is
-    always accepted where the type allows it). ``bookkeeping``: the key does not change what is
-    computed (logging, paths, device, threads), so a resumed run, a sweep or a report may ignore
-    it. ``choices``: the strings accepted. ``pattern``: ``(regex, description)`` a string must match
-    as a whole. Write the key's description as a docstring on the line below (see
+    always accepted where the type allows it). ``bookkeeping``: the key does not change the
+    result (logging, intervals, paths; a test resumes under each changed value and compares the
+    weights bit for bit), so a resumed run, a sweep or a report may ignore it. ``rounding``: the
+    key changes only floating-point rounding (device, threads): the same experiment, not the same
+    bits, so a sweep or a report ignores it and a resume under another value warns that it is no
+    longer bit-exact. ``choices``: the strings accepted. ``pattern``: ``(regex, description)`` a
+    string must match as a whole. Write the key's description as a docstring on the line below (see
     :func:`field_docs`).
     """
     bounds = None
     if any(b is not None for b in (ge, gt, le, lt)):
         bounds = Range(ge, gt, le, lt)
-    metadata = {"range": bounds, "bookkeeping": bookkeeping, "choices": choices,
-                "pattern": pattern}
+    metadata = {"range": bounds, "bookkeeping": bookkeeping, "rounding": rounding,
+                "choices": choices, "pattern": pattern}
     return field(default=default, metadata=metadata)
 
 
@@ -297,8 +301,9 @@ class TrainConfig:
     """Save `checkpoints/last.pt` every this many steps."""
     eval_batch_size: int = setting(256, ge=1, bookkeeping=True)
     """Images per forward pass when evaluating."""
-    device: str = setting("auto", bookkeeping=True, pattern=(DEVICE_PATTERN, DEVICE_FORMS))
-    """Training device; auto = CUDA when available, else CPU."""
+    device: str = setting("auto", rounding=True, pattern=(DEVICE_PATTERN, DEVICE_FORMS))
+    """Training device; auto = CUDA when available, else CPU. Changes floating-point rounding: a
+    resume on another device type warns that the run is no longer bit-exact."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocast (CUDA); fp32 everywhere else."""
     channels_last: bool = True
@@ -328,8 +333,9 @@ class TrainConfig:
     """Best checkpoint chosen on the validation set when there is one; never on test."""
     sync_bn: bool = False
     """Convert BatchNorm to SyncBatchNorm under DDP."""
-    threads: int = setting(0, ge=0, bookkeeping=True)
-    """torch CPU threads (0 = torch default)."""
+    threads: int = setting(0, ge=0, rounding=True)
+    """torch CPU threads (0 = torch default). Changes floating-point rounding: a resume with
+    another thread count warns that the run is no longer bit-exact."""
 
 
 @dataclass
@@ -348,7 +354,9 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml())
+        from interlude.files import write_atomic
+
+        write_atomic(path, self.to_yaml())
 
 
 SECTIONS: dict[str, type] = {
@@ -406,6 +414,7 @@ class KeySpec:
     """The field's default; None for a per-algorithm key (see ``per_algorithm``)."""
     range: Range | None = None
     bookkeeping: bool = False
+    rounding: bool = False
     choices: tuple[str, ...] | None = None
     pattern: tuple[re.Pattern[str], str] | None = None
     per_algorithm: dict[str, Any] | None = None
@@ -464,6 +473,7 @@ def schema() -> dict[str, KeySpec]:
             specs[f"{section}.{f.name}"] = KeySpec(
                 key=f"{section}.{f.name}", type=hints[f.name], default=default,
                 range=meta.get("range"), bookkeeping=bool(meta.get("bookkeeping", False)),
+                rounding=bool(meta.get("rounding", False)),
                 choices=meta.get("choices"), pattern=meta.get("pattern"),
                 per_algorithm=per_algorithm,
             )
@@ -471,8 +481,13 @@ def schema() -> dict[str, KeySpec]:
 
 
 BOOKKEEPING_KEYS: frozenset[str] = frozenset(k for k, s in schema().items() if s.bookkeeping)
-"""Keys that change where or how a run executes (logging, paths, device, threads), not the weights
-it trains: a resumed run, a sweep's existing run and a report's variant may differ in these."""
+"""Keys that change where or how a run is recorded (logging, intervals, paths), not the weights
+it trains (bit for bit, tested): a resumed run, a sweep's existing run and a report's variant may
+differ in these."""
+ROUNDING_KEYS: frozenset[str] = frozenset(k for k, s in schema().items() if s.rounding)
+"""Keys that change only floating-point rounding (device, threads): a sweep's existing run and a
+report's variant may differ in these; a resume may too, with a warning that it is not
+bit-exact (the trainer compares the device type and thread count actually used)."""
 
 
 def diff(
@@ -486,15 +501,17 @@ def diff(
     ``old``/``new`` are Configs or ``Config.to_dict()`` trees (nested or already flattened to
     dotted keys), e.g. a saved ``config.yaml`` and the config of now. Only keys present in both are
     compared, so a key added by a newer version does not make older runs differ; keys in
-    :data:`BOOKKEEPING_KEYS` are skipped unless ``include_bookkeeping``. Keys come in schema order.
+    :data:`BOOKKEEPING_KEYS` and :data:`ROUNDING_KEYS` are skipped unless
+    ``include_bookkeeping``. Keys come in schema order.
     """
     there, now = dotted(old), dotted(new)
     known = [k for k in schema() if k in there and k in now]
     other = sorted((there.keys() & now.keys()) - set(known))
     return [
-        f"{key}: {there[key]!r} there, {now[key]!r} now"
+        f"{key}: {shown(there[key])} there, {shown(now[key])} now"
         for key in [*known, *other]
-        if (include_bookkeeping or key not in BOOKKEEPING_KEYS) and there[key] != now[key]
+        if (include_bookkeeping or key not in BOOKKEEPING_KEYS | ROUNDING_KEYS)
+        and there[key] != now[key]
     ]
 
 
@@ -568,18 +585,18 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return _coerce(key, value, arg)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {shown(value)}")
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+            raise ConfigError(f"{key}: {shown(value)} is not one of {', '.join(map(str, choices))}")
         return value
     if origin is list:
         (item_tp,) = get_args(tp)
         if isinstance(value, str):
             value = [v for v in value.strip("[]").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {shown(value)}")
         return [_coerce(key, v, item_tp) for v in value]
     if tp is bool:
         if isinstance(value, bool):
@@ -588,10 +605,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return True
         if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
             return False
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        raise ConfigError(f"{key}: expected true/false, got {shown(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -606,10 +623,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                     as_float = None
                 if as_float is not None and as_float.is_integer():
                     return int(as_float)
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {shown(value)}")
         if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):
@@ -617,11 +634,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {shown(value)}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {shown(value)}")
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
@@ -638,12 +655,12 @@ def _resolve_key(key: str) -> tuple[str, str]:
             return owners[0], key
         if len(owners) > 1:
             raise ConfigError(
-                f"ambiguous key '{key}': write one of {', '.join(f'{s}.{key}' for s in owners)}"
+                f"ambiguous key {shown(key)}: write one of {', '.join(f'{s}.{key}' for s in owners)}"
             )
     close = difflib.get_close_matches(key, valid_keys(), n=3)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
     raise ConfigError(
-        f"unknown config key '{key}'.{hint} Valid keys: {', '.join(valid_keys())}"
+        f"unknown config key {shown(key)}.{hint} Valid keys: {', '.join(valid_keys())}"
     )
 
 
@@ -681,12 +698,17 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``key=value``; the value is parsed as YAML so ``1e-3``, ``true``, ``[1,2]`` work."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key=value (e.g. train.steps=500)")
+        raise ConfigError(f"override {shown(text)} must look like key=value (e.g. train.steps=500)")
     key, _, raw = text.partition("=")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
+        value = yaml.load(raw, Loader=UniqueKeyLoader) if raw.strip() else raw  # a SafeLoader
     except yaml.YAMLError:
         value = raw
+    except RecursionError:
+        raise ConfigError(f"override {shown(key.strip())}: the value is nested too deeply; "
+                          "write a flat value") from None
+    except ConfigError as exc:
+        raise ConfigError(f"override {shown(key.strip())}: {exc}") from None
     if isinstance(value, str) and _looks_like_float(value):
         value = float(value)
     return key.strip(), value
@@ -709,6 +731,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_document(self, node: yaml.Node) -> Any:
         self._root = node
+        _check_expanded_size(node)
         return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -729,6 +752,57 @@ class UniqueKeyLoader(yaml.SafeLoader):
                         f"and {key_node.start_mark.line + 1}); keep only one of them"
                     )
         return super().construct_mapping(node, deep=deep)
+
+
+MAX_YAML_VALUES = 100_000
+"""Most values a config (file or override) may hold once its aliases are expanded."""
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Refuse a document whose anchors/aliases expand past :data:`MAX_YAML_VALUES` values, or
+    refer to themselves, before anything is built from it.
+
+    ``&a [x, x] , &b [*a, *a], ...`` takes a few hundred characters and expands to billions of
+    values: harmless while the aliases are shared references, a hang as soon as anything walks
+    the value (validation, an error message). Sizes are counted once per node (memoised), so the
+    check costs the size of the text, not of the expansion.
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes and sizes[id(node)] >= 0:
+            continue
+        children = _yaml_children(node)
+        if children_done:
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > MAX_YAML_VALUES:
+                _refuse_expansion(node, f"expand to more than {MAX_YAML_VALUES:,} values")
+            continue
+        if sizes.get(id(node)) == -1:
+            _refuse_expansion(node, "refer to themselves")
+        sizes[id(node)] = -1  # in progress: meeting it again below means a cycle
+        stack.append((node, True))
+        for child in children:
+            if sizes.get(id(child)) == -1:
+                _refuse_expansion(child, "refer to themselves")
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _refuse_expansion(node: yaml.Node, what: str) -> None:
+    mark = node.start_mark
+    where = "" if mark.name.startswith("<") else f"{mark.name}, "  # a file, not an override
+    raise ConfigError(f"{where}line {mark.line + 1}: the YAML anchors/aliases (&name, *name) here "
+                      f"{what}; write the values out instead")
 
 
 def _yaml_path(root: yaml.Node | None, target: yaml.Node) -> list[str]:
@@ -762,6 +836,8 @@ def read_yaml(path: str | Path) -> Any:
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a UTF-8 text file; a config must be YAML text "
                           "(save it as UTF-8)") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: values are nested too deeply to be a config") from None
 
 
 def load_config(
@@ -839,7 +915,7 @@ def _validate_run_name(name: str | None) -> None:
     if not name.strip() or name.startswith(("/", "\\")) or ".." in parts or (
             len(name) > 1 and name[1] == ":"):
         raise ConfigError(
-            f"train.run_name={name!r} must name a folder inside train.out_dir (no absolute path, "
+            f"train.run_name={shown(name)} must name a folder inside train.out_dir (no absolute path, "
             "no '..'); set train.out_dir to choose where runs go"
         )
 
@@ -847,12 +923,12 @@ def _validate_run_name(name: str | None) -> None:
 def _validate_inputs(d: DataConfig) -> None:
     if (d.mean is None) != (d.std is None):
         raise ConfigError(
-            f"data.mean={d.mean} and data.std={d.std}: give both (one value per channel) or "
+            f"data.mean={shown(d.mean)} and data.std={shown(d.std)}: give both (one value per channel) or "
             "neither"
         )
     if d.mean is not None and (len(d.mean) != len(d.std) or len(d.mean) not in (1, 3)):
         raise ConfigError(
-            f"data.mean={d.mean} and data.std={d.std} must both hold 1 or 3 values (one per "
+            f"data.mean={shown(d.mean)} and data.std={shown(d.std)} must both hold 1 or 3 values (one per "
             "channel)"
         )
 
@@ -862,7 +938,7 @@ def _validate_pretrained(m: ModelConfig) -> None:
         raise ConfigError("model.pretrained is an empty string: use true, false or a file path")
     if m.pretrained is not False and not is_timm_backbone(m.arch):
         raise ConfigError(
-            f"model.pretrained={m.pretrained!r} applies to timm backbones, not model.arch="
+            f"model.pretrained={shown(m.pretrained)} applies to timm backbones, not model.arch="
             f"{m.arch}; use model.arch=timm/<name> (e.g. timm/resnet50) or model.pretrained=false"
         )
 
@@ -893,11 +969,11 @@ def _check_key(spec: KeySpec, value: Any, algorithm: str) -> None:
     if spec.choices is not None and value not in spec.choices:
         close = difflib.get_close_matches(str(value), spec.choices, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"{key}={value!r} is not valid: use one of {', '.join(spec.choices)}{hint}")
+        raise ConfigError(f"{key}={shown(value)} is not valid: use one of {', '.join(spec.choices)}{hint}")
     if spec.pattern is not None:
         regex, forms = spec.pattern
         if not isinstance(value, str) or regex.fullmatch(value) is None:
-            raise ConfigError(f"{key}={value!r} is not valid: use {forms}")
+            raise ConfigError(f"{key}={shown(value)} is not valid: use {forms}")
 
 
 def _check_range(spec: KeySpec, value: Any, algorithm: str) -> None:
@@ -914,5 +990,5 @@ def _check_range(spec: KeySpec, value: Any, algorithm: str) -> None:
                if spec.per_algorithm is not None else spec.default)
     hint = f" (the default is {default!r})" if default is not None else ""
     raise ConfigError(
-        f"{spec.key}={value!r} is out of range: {must} {rng.phrase()}{none}{hint}"
+        f"{spec.key}={shown(value)} is out of range: {must} {rng.phrase()}{none}{hint}"
     )

@@ -30,6 +30,7 @@ from interlude.config import Config, DataConfig, load_config
 from interlude.data.arrays import ESTIMATOR_DATASET, array_data
 from interlude.data.base import UNLABELED
 from interlude.data.transforms import resize_images
+from interlude.errors import shown
 from interlude.inference import Predictor, batched_logits, softmax
 from interlude.inputs import is_path_list, read_images, to_uint8_images
 
@@ -194,7 +195,7 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
         inputs.classes = np.unique(y[~unlabeled])
         if len(inputs.classes) < 2:
             raise ValueError(
-                f"y has labels of only 1 class ({inputs.classes[0]!r}); a classifier needs "
+                f"y has labels of only 1 class ({shown(inputs.classes[0])}); a classifier needs "
                 "labeled images of at least 2 classes"
             )
         inputs.labels = np.full(len(y), UNLABELED, dtype=np.int64)

@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from interlude.artifact import Checkpoint, RunMeta, build_inference_net, write_atomic
-from interlude.errors import InterludeError
+from interlude.errors import InterludeError, shown
+from interlude.files import parse_json
 from interlude.inference import Predictor
 from interlude.rundir import RunDir
 
@@ -40,6 +41,8 @@ EXPORT_VERSION = 1
 SIDECAR = "interlude.json"
 FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx", "torchscript": "model.pt"}
 ONNX_OPSET = 17
+MAX_SIDECAR_BYTES = 16 << 20
+"""A sidecar larger than this is refused before it is read (class names of 1e6 classes fit)."""
 
 
 class ExportError(InterludeError, ValueError):
@@ -98,16 +101,16 @@ def _sidecar(state: Checkpoint, format: str, source: str | None) -> dict:
 
 
 def _save_safetensors(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    save_file = _require("safetensors.torch", "safetensors").save_file
+    save = _require("safetensors.torch", "safetensors").save
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "interlude"})
+    write_atomic(path, save(state, metadata={"format": "interlude"}))
 
 
 def _save_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit deprecation notices in recent torch
         traced = torch.jit.trace(model, example)
-        torch.jit.save(traced, str(path))
+        write_atomic(path, lambda handle: torch.jit.save(traced, handle))
 
 
 def _save_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -115,11 +118,11 @@ def _save_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # the TorchScript-based exporter: the dynamo one needs the separate `onnxscript` package
-        torch.onnx.export(
-            model, (example,), str(path), dynamo=False, input_names=["images"],
+        write_atomic(path, lambda handle: torch.onnx.export(
+            model, (example,), handle, dynamo=False, input_names=["images"],
             output_names=["logits"], opset_version=ONNX_OPSET,
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )
+        ))
 
 
 def _require(module: str, package: str):
@@ -190,19 +193,22 @@ def read_sidecar(path: Path) -> tuple[Path, dict[str, Any]]:
             f"{folder} holds no {SIDECAR}: point interlude.load at a folder written by "
             "`interlude export` (or the model file inside it)"
         )
+    if file.stat().st_size > MAX_SIDECAR_BYTES:
+        raise ExportError(f"{file} is {file.stat().st_size:,} bytes; a sidecar is a few KB "
+                          "(refusing to read it): re-export the model")
     try:
-        raw = json.loads(file.read_text())
+        raw = parse_json(file.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise ExportError(f"{file} is not valid JSON ({exc}); re-export the model") from None
     if not isinstance(raw, dict) or raw.get("interlude_export_version") != EXPORT_VERSION:
         raise ExportError(f"{file} is not an interlude export of version {EXPORT_VERSION}")
     format = raw.get("format")
     if format not in FILES:
-        raise ExportError(f"{file} names an unknown format {format!r}; expected one of "
+        raise ExportError(f"{file} names an unknown format {shown(format)}; expected one of "
                           f"{', '.join(FILES)}")
     name = raw.get("file")
     if not isinstance(name, str) or name != Path(name).name or name in ("", ".", ".."):
-        raise ExportError(f"{file}: the model file {name!r} must be a plain file name inside "
+        raise ExportError(f"{file}: the model file {shown(name)} must be a plain file name inside "
                           f"{folder} (no folders, '..' or absolute paths)")
     model_file = folder / name
     if model_file.is_symlink() or (model_file.exists() and not model_file.resolve().is_relative_to(
@@ -245,7 +251,8 @@ def _load_safetensors(path: Path, sidecar: dict[str, Any]) -> nn.Module:
     try:
         weights = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise ExportError(f"{path} is not a readable safetensors file ({exc})") from None
+        raise ExportError(f"{path} is not a readable safetensors file ({_first_line(exc)}); does "
+                          f"'format' in {SIDECAR} match the file? re-export the model") from None
     try:
         return build_inference_net(sidecar["model"], sidecar["meta"], weights, str(path))
     except InterludeError as exc:
@@ -255,7 +262,17 @@ def _load_safetensors(path: Path, sidecar: dict[str, Any]) -> nn.Module:
 def _load_torchscript(path: Path, sidecar: dict[str, Any]) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.jit.load(str(path), map_location="cpu").eval()
+        try:
+            return torch.jit.load(str(path), map_location="cpu").eval()
+        except Exception as exc:  # not TorchScript (another format, damaged): torch's own types
+            raise ExportError(f"{path} is not a loadable TorchScript file ({type(exc).__name__}: "
+                              f"{_first_line(exc)}); does 'format' in {SIDECAR} match the file? "
+                              "re-export the model") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return shown(text.splitlines()[0] if text else type(exc).__name__, 160)
 
 
 def _load_onnx(path: Path, sidecar: dict[str, Any]) -> OnnxModel:
@@ -264,4 +281,5 @@ def _load_onnx(path: Path, sidecar: dict[str, Any]) -> OnnxModel:
     except ExportError:
         raise
     except Exception as exc:  # onnxruntime raises its own types for damaged graphs
-        raise ExportError(f"{path} is not a loadable ONNX model ({exc})") from None
+        raise ExportError(f"{path} is not a loadable ONNX model ({_first_line(exc)}); does "
+                          f"'format' in {SIDECAR} match the file? re-export the model") from None

@@ -7,7 +7,6 @@ network.
 
 from __future__ import annotations
 
-import csv
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 
 from interlude.artifact import Checkpoint
 from interlude.errors import DataError
+from interlude.files import csv_text, text_cell, write_atomic
 from interlude.inputs import image_files, images_for_model, read_images_skipping
 from interlude.rundir import RunDir
 
@@ -183,21 +183,23 @@ def predict_files(run_dir: Path, images: Sequence[str | Path], checkpoint: str =
     return FilePredictions(paths, predictor.classes_, probabilities, errors)
 
 
-def write_predictions_csv(handle, predictions: FilePredictions) -> None:
-    """``path,class,probability``, one ``p_<class>`` column per class, and ``error``.
+def predictions_csv(predictions: FilePredictions) -> str:
+    """``path,class,probability``, one ``p_<class>`` column per class, and ``error``, as CSV
+    text written by :func:`interlude.files.csv_text` (names escaped, formulas neutralised).
 
     A file that could not be read keeps its row, with empty predictions and the reason.
     """
-    writer = csv.writer(handle)
     classes = predictions.classes
-    writer.writerow(["path", "class", "probability", *(f"p_{c}" for c in classes), "error"])
+    header = ["path", "class", "probability", *(f"p_{c}" for c in classes), "error"]
+    rows = []
     for path, row, error in zip(predictions.paths, predictions.probabilities, predictions.errors,
                                 strict=True):
         if error is not None:
-            writer.writerow([path, "", "", *([""] * len(classes)), error])
+            rows.append([path, "", "", *([""] * len(classes)), error])
             continue
         k = int(row.argmax())
-        writer.writerow([path, classes[k], f"{row[k]:.6f}", *(f"{p:.6f}" for p in row), ""])
+        rows.append([path, classes[k], f"{row[k]:.6f}", *(f"{p:.6f}" for p in row), ""])
+    return csv_text(header, rows)
 
 
 def predict_cli(args) -> int:
@@ -206,16 +208,15 @@ def predict_cli(args) -> int:
         raise DataError(f"--batch-size must be positive, got {args.batch_size}")
     predictions = predict_files(Path(args.run_dir), args.images, args.checkpoint, args.batch_size)
     skipped = sum(e is not None for e in predictions.errors)
+    text = predictions_csv(predictions)
     if args.out is None:
-        write_predictions_csv(sys.stdout, predictions)
+        _write_stdout(text)
     else:
         out = Path(args.out)
         if out.is_dir() or args.out.endswith(("/", "\\")):
             out = out / "predictions.csv"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", newline="") as handle:
-            write_predictions_csv(handle, predictions)
-        print(f"wrote {len(predictions.paths)} predictions to {out}", file=sys.stderr)
+        write_atomic(out, text.encode("utf-8"))  # all rows or the previous file, never 5 of 26
+        print(f"wrote {len(predictions.paths)} predictions to {text_cell(out)}", file=sys.stderr)
     if skipped == len(predictions.paths):  # the rows are written, but nothing was predicted
         raise DataError(f"none of the {skipped} image file(s) could be read (the CSV rows say "
                         "why); check the paths and formats")
@@ -223,3 +224,14 @@ def predict_cli(args) -> int:
         print(f"warning: {skipped} file(s) could not be read; their rows say why",
               file=sys.stderr)
     return 0
+
+
+def _write_stdout(text: str) -> None:
+    """UTF-8 bytes, as the file would hold, whatever the terminal's encoding."""
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a replaced stdout (tests, notebooks) takes text
+        sys.stdout.write(text)
+    else:
+        buffer.write(text.encode("utf-8"))
+        buffer.flush()

@@ -10,9 +10,12 @@ the estimator, ``interlude predict`` and exported models apply *one* set of rule
   ``(N, F)`` rows of flattened square grayscale images (``load_digits().data``: 64 = 8x8; a row
   whose length is not a square ``s*s >= 16`` is zero-padded to the next one, so any numeric table
   is accepted);
-- **values**: integers must lie in 0..255; floats must be finite and non-negative and are taken as
-  ``[0, 1]`` when their maximum is at most 1, else as ``[0, 255]`` (a model remembers the scale it
-  was fitted with and applies it to later inputs, so a dark batch is not mistaken for another
+- **values** (:func:`pixel_scale`, the one rule for every dtype and every entry point: ``fit``,
+  ``predict``, ``predict_proba``, ``score``, a loaded export, and any later entry point, which
+  must call :func:`to_uint8_images`): integers must lie in 0..255; floats must be finite and lie
+  in ``[0, 1]`` (taken as such when their maximum is at most 1) or in ``[0, 255]``; anything
+  above 255 is refused, never clipped, whatever the dtype (a model remembers the scale it was
+  fitted with and applies it to later inputs, so a dark batch is not mistaken for another
   scale).
 """
 
@@ -86,13 +89,24 @@ def to_uint8_images(X: Any, scale: float | None = None) -> tuple[np.ndarray, flo
     """
     array = _as_numeric_array(X)
     images = _to_nchw(array)
-    if array.dtype.kind == "f":
-        scale = _float_scale(images, scale)
+    scale = pixel_scale(images, scale)
+    if scale is not None:  # floats within [0, scale] (a last ulp above rounds to 255)
         images = np.clip(np.round(images * (255.0 / scale)), 0, 255)
-    else:
-        scale = None
-        _check_integer_range(images)
     return np.ascontiguousarray(images.astype(np.uint8)), scale
+
+
+def pixel_scale(images: np.ndarray, fitted: float | None = None) -> float | None:
+    """The input-scaling rule: the float scale of ``images`` (1 or 255), None for integers.
+
+    Integers must lie in 0..255. Floats must lie in ``[0, fitted]`` when a model was fitted on
+    floats, else in ``[0, 1]`` (scale 1) or ``[0, 255]`` (scale 255). Values outside are a
+    ValueError saying how to rescale: clipping them would train or predict on other pixels than
+    the user's without a word.
+    """
+    if images.dtype.kind != "f":
+        _check_integer_range(images)
+        return None
+    return _float_scale(images, fitted)
 
 
 def _as_numeric_array(X: Any) -> np.ndarray:
@@ -178,6 +192,11 @@ def _float_scale(images: np.ndarray, scale: float | None) -> float:
             "[0, 1] or [0, 255]"
         )
     if scale is None:
+        if high > 255.0 * (1 + 1e-6):
+            raise ValueError(
+                f"float images must be in [0, 1] or [0, 255], X has values up to {high:g}; "
+                "rescale it (e.g. 16-bit data: X / 65535) instead of having it clipped"
+            )
         return 1.0 if high <= 1.0 else 255.0
     if high > scale * (1 + 1e-6):
         raise ValueError(

@@ -14,6 +14,7 @@ stale by construction and is taken over (and reported); a live holder is named i
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -24,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from interlude.artifact import remove_orphan_temporaries
 from interlude.errors import CheckpointError, InterludeError
+from interlude.files import SymlinkRefused, open_lock_file, parse_json, remove_orphan_temporaries
 
 try:
     import fcntl
@@ -37,6 +38,11 @@ log = logging.getLogger("interlude")
 LOCK_FILE = ".lock"
 RUN_MARKERS = ("split.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt")
 """Files only a run writes: a folder holding none of them (but other files) is not a run's."""
+OWNED = frozenset({"config.yaml", "split.json", "metrics.jsonl", "metrics.csv", "summary.json",
+                   "checkpoints", "tensorboard", "export", LOCK_FILE})
+"""What a run writes in its directory, and all that starting over removes. Anything else (an image
+cache or data folder placed inside it, the user's notes) is not the run's: it is neither counted
+as a run nor deleted by ``--overwrite``."""
 
 
 class RunDirBusy(InterludeError):
@@ -101,19 +107,25 @@ class RunDir:
 
     def holds_run(self) -> bool:
         """Whether anything of a run (config, split, logs, checkpoints, summary) is here."""
-        return self.path.is_dir() and any(p.name != LOCK_FILE for p in self.path.iterdir())
+        return bool(self._owned())
+
+    def _owned(self) -> list[Path]:
+        """The entries here that a run writes (:data:`OWNED`), the lock excepted."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.iterdir() if p.name in OWNED and p.name != LOCK_FILE)
 
     def looks_like_run(self) -> bool:
         """Whether files only interlude writes (split, metrics, checkpoints) are here."""
         return any((self.path / name).is_file() for name in RUN_MARKERS)
 
     def check_clearable(self) -> None:
-        """Refuse to start over in a folder that holds files but no run: ``--overwrite`` (or a
-        ``--resume`` without a checkpoint) empties a run directory, never a folder of the user's
-        own files that ``train.run_name`` / ``train.out_dir`` happen to point at."""
+        """Refuse to start over in a folder that holds files with a run's names but no run (a
+        user's own ``config.yaml``): starting over would replace them. Files a run never writes
+        are not its business: they are kept, whatever the flags."""
         if not self.path.is_dir() or self.looks_like_run():
             return
-        foreign = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
+        foreign = [p.name for p in self._owned()]
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5
                                               else "")
@@ -128,7 +140,10 @@ class RunDir:
         """Become the one owner, or raise :class:`RunDirBusy` naming the live holder."""
         self.path.mkdir(parents=True, exist_ok=True)
         lock_path = self.path / LOCK_FILE
-        handle = open(lock_path, "a+")  # noqa: SIM115 - held until release()
+        try:
+            handle = io.TextIOWrapper(open_lock_file(lock_path))  # no symlink; held until release()
+        except SymlinkRefused as exc:
+            raise RunDirBusy(f"{exc.strerror}, in {self.path}") from None
         if fcntl is not None:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -178,14 +193,12 @@ class RunDir:
 
     # ------------------------------------------------------------------ starting over
     def clear(self) -> None:
-        """Remove every file of the old run (the lock stays with its owner); a folder that is not
-        a run's is refused (:meth:`check_clearable`), never emptied."""
+        """Remove every file of the old run (:data:`OWNED`; the lock stays with its owner) and
+        nothing else; a folder that is not a run's is refused (:meth:`check_clearable`)."""
         if not self.path.is_dir():
             return
         self.check_clearable()
-        for entry in self.path.iterdir():
-            if entry.name == LOCK_FILE:
-                continue
+        for entry in self._owned():
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
@@ -194,7 +207,7 @@ class RunDir:
 
 def _read_holder(lock_path: Path, default: str = "another process") -> str:
     try:
-        info = json.loads(lock_path.read_text() or "{}")
+        info = parse_json(lock_path.read_text() or "{}")
     except (OSError, ValueError):
         return default
     if not isinstance(info, dict) or "pid" not in info:

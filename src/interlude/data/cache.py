@@ -11,14 +11,16 @@ rows a batch needs), so RAM use does not grow with the number of images. Layout,
     images/<label>-<slot>-<key>.build.lock  flock held while the entry is built
     images/<label>-<slot>-<key>.use.lock    shared flock held by every process using it
 
-``key`` hashes everything the pixels depend on (for a folder: every file's relative path, size
-and mtime_ns, its label, the resolution, the decoder version); ``slot`` hashes what names the
+``key`` hashes everything the pixels depend on (for a folder: every file's relative path, its
+:func:`stat_signature` (size, mtime, ctime, inode), its label, the resolution, the decoder
+version); ``slot`` hashes what names the
 source (folder and role, resolution), so an entry superseded because files changed is pruned
 when its replacement is built, unless a process still uses it.
 
-Invalidation is by key: a file added, removed or changed (size or mtime) gives a new key and a
-rebuild. Building is atomic and serialised: the builder holds the entry's build lock, writes the
-rows to a temporary file and renames it, then writes the metadata (atomically too), so a kill
+Invalidation is by key: a file added, removed or changed (size, mtime, or the ctime and inode
+that ``touch -r`` cannot restore) gives a new key and a rebuild. Building is atomic and
+serialised: the builder holds the entry's build lock, writes the rows to a temporary file and
+renames it, then writes the metadata (atomically too), so a kill
 leaves no half entry and a second process building the same entry waits and reuses the first's.
 The metadata is read back as untrusted input: anything unexpected (bad JSON, wrong shape or file
 size, inconsistent counts) means the entry is rebuilt with a warning, never used. The rows
@@ -40,9 +42,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from interlude.artifact import TMP_SUFFIX, write_atomic
 from interlude.data.ondisk import DiskImages
-from interlude.errors import DataError
+from interlude.errors import DataError, shown
+from interlude.files import TMP_SUFFIX, open_lock_file, parse_json, write_atomic
 
 try:
     import fcntl
@@ -81,9 +83,19 @@ def fingerprint(parts: Iterable[str]) -> str:
 
 
 def file_signature(path: Path) -> str:
-    """Size and modification time (ns) of a file: what says it changed, without reading it."""
-    stat = path.stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    """What says a file changed, without reading it (see :func:`stat_signature`)."""
+    return stat_signature(path.stat())
+
+
+def stat_signature(stat: os.stat_result) -> str:
+    """Size, modification and status-change times (ns) and inode of a file.
+
+    Size and mtime alone are forgeable: ``cp other file; touch -r backup file`` restores both. The
+    status-change time (ctime) is set by the kernel on every write, rename or ``touch`` and cannot
+    be set back, and the inode changes when a file is replaced by another; so a file whose
+    content changed always gets a new signature (a ``chmod`` costs a needless rebuild, never a
+    wrong one)."""
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
 
 
 # --------------------------------------------------------------------------- pixel sums
@@ -164,7 +176,7 @@ class PixelSums:
         """Rebuild from metadata; raises ValueError when the values cannot be right."""
         def count(value: Any, top: int) -> int:
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
-                raise ValueError(f"pixel sum {value!r} outside 0..{top}")
+                raise ValueError(f"pixel sum {shown(value)} outside 0..{top}")
             return value
 
         if not isinstance(tree, dict):
@@ -177,8 +189,21 @@ class PixelSums:
             raise ValueError("per-channel sums have the wrong length")
         total = [count(v, 255 * pixels) for v in lists[0]]
         squares = [count(v, 255**2 * pixels) for v in lists[1]]
-        return cls(pixels, total, squares, count(tree.get("luma_total"), 255 * pixels),
-                   count(tree.get("luma_squares"), 255**2 * pixels))
+        luma = count(tree.get("luma_total"), 255 * pixels), count(tree.get("luma_squares"),
+                                                                 255**2 * pixels)
+        for t, q in [*zip(total, squares, strict=True), luma]:
+            _check_sum_pair(t, q, pixels)
+        return cls(pixels, total, squares, *luma)
+
+
+def _check_sum_pair(total: int, squares: int, pixels: int) -> None:
+    """What ``pixels`` values in 0..255 allow: ``sum(x)**2 <= n * sum(x**2)`` (Cauchy-Schwarz,
+    the variance is not negative) and ``sum(x**2) <= 255 * sum(x)`` (each ``x**2 <= 255 x``).
+    Forged sums outside these would give a negative or impossible variance, so the entry is
+    rebuilt instead of normalising with them."""
+    if total * total > pixels * squares or squares > 255 * total:
+        raise ValueError(f"pixel sums {total} and {squares} are impossible for {pixels} values "
+                         "in 0..255")
 
 
 # --------------------------------------------------------------------------- writing rows
@@ -279,7 +304,7 @@ class _Lock:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.handle = open(path, "a+b")  # noqa: SIM115 - held as long as the entry is used
+        self.handle = open_lock_file(path)  # never through a planted symlink; held while used
 
     def take(self, mode: int, blocking: bool = True) -> bool:
         if fcntl is None:
@@ -345,18 +370,18 @@ def _read_entry(folder: Path, spec: CacheSpec, check_info: CheckInfo) -> tuple[C
     if not meta_path.is_file() or not data_path.is_file():
         return None, "missing"
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = parse_json(meta_path.read_text(encoding="utf-8"))
         if not isinstance(meta, dict):
             raise ValueError("metadata is not a JSON object")
         if meta.get("format") != FORMAT:
-            raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
+            raise ValueError(f"format {shown(meta.get('format'))}, expected {FORMAT}")
         if meta.get("key") != spec.key:
             raise ValueError("key does not match the file name")
         shape = meta.get("shape")
         if (not isinstance(shape, list) or len(shape) != 4
                 or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
                 or shape[0] < 0 or tuple(shape[1:]) != spec.shape):
-            raise ValueError(f"shape {shape!r} is not (N, {', '.join(map(str, spec.shape))})")
+            raise ValueError(f"shape {shown(shape)} is not (N, {', '.join(map(str, spec.shape))})")
         rows = shape[0]
         expected_bytes = rows * int(np.prod(spec.shape))
         size = data_path.stat().st_size
@@ -408,7 +433,15 @@ def _prune(folder: Path, spec: CacheSpec) -> None:
         stem = meta.name[: -len(".json")]
         if stem == spec.stem:
             continue
-        use, build = _Lock(folder / f"{stem}.use.lock"), _Lock(folder / f"{stem}.build.lock")
+        try:
+            use = _Lock(folder / f"{stem}.use.lock")
+        except OSError:  # a planted link, or gone: not ours to prune
+            continue
+        try:
+            build = _Lock(folder / f"{stem}.build.lock")
+        except OSError:
+            use.close()
+            continue
         try:
             if fcntl is None or not (use.take(fcntl.LOCK_EX, False)
                                      and build.take(fcntl.LOCK_EX, False)):
@@ -423,7 +456,10 @@ def _prune(folder: Path, spec: CacheSpec) -> None:
         stem = orphan.name[1:].split(".u8.")[0].split(".json.")[0]
         if stem == spec.stem or not (folder / f"{stem}.build.lock").is_file():
             continue
-        build = _Lock(folder / f"{stem}.build.lock")
+        try:
+            build = _Lock(folder / f"{stem}.build.lock")
+        except OSError:
+            continue
         try:
             if fcntl is not None and build.take(fcntl.LOCK_EX, False):  # nobody is building it
                 orphan.unlink(missing_ok=True)

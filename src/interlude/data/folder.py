@@ -31,18 +31,19 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from interlude.config import DataConfig
 from interlude.data.base import UNLABELED, ImageSet, RawDataset
-from interlude.data.cache import cache_root
+from interlude.data.cache import cache_root, stat_signature
 from interlude.data.decode import DepthSummary, decode_image
 from interlude.data.folder_sets import FolderSet, as_luma, decode_set
 from interlude.data.registry import register_dataset
 from interlude.errors import DataError
+from interlude.files import text_cell
 
 __all__ = ["DEFAULT_RESOLUTION", "IMAGE_SUFFIXES", "TMED2_CLASSES", "class_folders",
            "decode_image", "image_files", "load_image_folders"]
@@ -64,13 +65,16 @@ def _hidden(name: str) -> bool:
 @dataclass
 class ImageFiles:
     """The image files under ``root``: their paths relative to it ("/"-separated, in the order
-    sorted ``Path`` objects have) and each file's ``size:mtime_ns`` signature (what the image
-    cache's key is made of). Plain strings: a pool of 200k files costs megabytes, not the
+    sorted ``Path`` objects have) and each file's :func:`~interlude.data.cache.stat_signature`
+    (what the image cache's key is made of). Plain strings: a pool of 200k files costs megabytes, not the
     hundreds a list of ``Path`` objects would."""
 
     root: Path
     names: list[str]
     signatures: list[str]
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    """Folders and files the scan could not read (path relative to ``root``, reason): reported
+    with the data, never skipped in silence."""
 
     def __len__(self) -> int:
         return len(self.names)
@@ -82,15 +86,18 @@ class ImageFiles:
 def scan_images(folder: Path) -> ImageFiles:
     """Image files under ``folder`` at any depth (hidden files and folders, ``__MACOSX`` and
     symlinked folders skipped; symlinked files kept), sorted so the pool order is reproducible.
-    One ``os.scandir`` walk and one ``stat`` per file."""
+    One ``os.scandir`` walk and one ``stat`` per file. What cannot be read (a folder without
+    permission, a path longer than the system allows) is listed in ``unreadable``."""
     found: list[tuple[tuple[str, ...], str]] = []
+    unreadable: list[tuple[str, str]] = []
     stack: list[tuple[str, tuple[str, ...]]] = [(str(folder), ())]
     while stack:
         directory, prefix = stack.pop()
         try:
             with os.scandir(directory) as entries:
                 listed = list(entries)
-        except OSError:
+        except OSError as exc:
+            unreadable.append(("/".join(prefix) or ".", _reason(exc)))
             continue
         for entry in listed:
             if _hidden(entry.name):
@@ -100,12 +107,16 @@ def scan_images(folder: Path) -> ImageFiles:
                     stack.append((entry.path, (*prefix, entry.name)))
                 elif (os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES
                       and entry.is_file()):
-                    stat = entry.stat()
-                    found.append(((*prefix, entry.name), f"{stat.st_size}:{stat.st_mtime_ns}"))
-            except OSError:  # removed while scanning
-                continue
+                    found.append(((*prefix, entry.name), stat_signature(entry.stat())))
+            except OSError as exc:  # removed while scanning, a name too long to stat, ...
+                unreadable.append(("/".join((*prefix, entry.name)), _reason(exc)))
     found.sort(key=lambda item: item[0])  # component-wise, as Path objects compare
-    return ImageFiles(folder, ["/".join(parts) for parts, _ in found], [s for _, s in found])
+    return ImageFiles(folder, ["/".join(parts) for parts, _ in found], [s for _, s in found],
+                      sorted(unreadable))
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -133,9 +144,12 @@ def class_folders(root: Path, key: str) -> dict[str, ImageFiles]:
     files = {d.name: scan_images(d) for d in subdirs}
     empty = [name for name, found in files.items() if not found]
     if empty:
+        why = "; ".join(f"{name}: {found.unreadable[0][1]}" for name, found in files.items()
+                        if not found and found.unreadable)
         raise DataError(
             f"class folder(s) {', '.join(empty)} in {key}={root} hold no images "
-            f"({'/'.join(sorted(IMAGE_SUFFIXES))}); add images or remove the folder"
+            f"({'/'.join(sorted(IMAGE_SUFFIXES))})" + (f" that could be read ({why})" if why else "")
+            + "; add images or remove the folder"
         )
     return files
 
@@ -260,9 +274,28 @@ def _scan(cfg: DataConfig, fixed_classes: list[str] | None, notes: list[str]) ->
             extras[key] = (root, found)
     unlabeled = scan_images(unlabeled_dir)
     if not unlabeled:
+        why = f" that could be read ({unlabeled.unreadable[0][1]})" if unlabeled.unreadable else ""
         raise DataError(f"data.unlabeled_dir={unlabeled_dir} holds no images "
-                        f"({'/'.join(sorted(IMAGE_SUFFIXES))})")
+                        f"({'/'.join(sorted(IMAGE_SUFFIXES))}){why}")
+    _report_unreadable([*((labeled_dir / c, f) for c, f in labeled.items()),
+                        *((root / c, f) for root, found in extras.values()
+                          for c, f in found.items()),
+                        (unlabeled_dir, unlabeled)], notes)
     return _Layout(classes, (labeled_dir, labeled), unlabeled, extras)
+
+
+def _report_unreadable(scanned: list[tuple[Path, ImageFiles]], notes: list[str]) -> None:
+    """Folders and files the scan could not read: one warning (and dataset note) with the count,
+    the reasons and a few examples, as for files that could not be decoded."""
+    problems = [(folder / rel if rel != "." else folder, why) for folder, files in scanned
+                for rel, why in files.unreadable]
+    if not problems:
+        return
+    reasons = Counter(why for _, why in problems)
+    examples = "; ".join(f"{text_cell(path)} ({why})" for path, why in problems[:3])
+    _note_warning(notes, f"skipped {len(problems)} folder(s)/file(s) that could not be read ("
+                         + ", ".join(f"{n} {why}" for why, n in reasons.most_common())
+                         + f"): {examples}")
 
 
 def _classes_set(root: Path, found: dict[str, ImageFiles], classes: list[str]) -> tuple[

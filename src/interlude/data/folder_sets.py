@@ -144,7 +144,7 @@ def _from_info(root: Path, images: Any, info: dict, sums: PixelSums,
 def decode_set(root: Path, names: list[str], signatures: list[str], labels: list[int],
                size: int, role: str, dataset: str, cache_dir: Path | None,
                workers: int = 0, interpolation: str = "bilinear") -> FolderSet:
-    """Decode the files ``names`` (relative to ``root``, with their ``size:mtime_ns``
+    """Decode the files ``names`` (relative to ``root``, with their ``stat_signature``
     ``signatures`` and ``labels``) to RGB ``size`` x ``size``: from the cache in ``cache_dir``
     (built when missing or stale), or into RAM when it is None."""
     workers = workers or max(1, min(8, os.cpu_count() or 1))

@@ -8,7 +8,6 @@ saved as ``split.json`` beside every run and can be reused with ``data.split_fil
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,8 @@ import numpy as np
 from interlude.config import DataConfig
 from interlude.data.base import UNLABELED, ImageSet, RawDataset, SSLData
 from interlude.data.ondisk import ConcatImages, is_disk_backed
-from interlude.errors import DataError
+from interlude.errors import DataError, shown
+from interlude.files import parse_json
 
 __all__ = ["ConcatImages", "build_ssl_data", "concat_sets", "draw_split", "load_split_file",
            "pool_fingerprint"]
@@ -99,7 +99,7 @@ def load_split_file(path: str | Path, pool: ImageSet, dataset: str) -> dict[str,
     if not path.is_file():
         raise DataError(f"split file not found: {path} (data.split_file)")
     try:
-        saved = json.loads(path.read_text())
+        saved = parse_json(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise refuse(f"is not valid JSON ({exc})") from None
     if not isinstance(saved, dict):
@@ -123,7 +123,7 @@ def load_split_file(path: str | Path, pool: ImageSet, dataset: str) -> dict[str,
     if not split["labeled"]:
         raise refuse("has no labeled index")
     if "dataset" in saved and saved["dataset"] != dataset:
-        raise refuse(f"was made for dataset {saved['dataset']!r}, not {dataset!r}")
+        raise refuse(f"was made for dataset {shown(saved['dataset'])}, not {shown(dataset)}")
     if saved.get("train_pool_size", pool_size) != pool_size:
         raise refuse(f"was made for a training pool of {saved['train_pool_size']} images, but "
                      f"this one has {pool_size}")

@@ -16,7 +16,6 @@ Plots need matplotlib (``pip install 'interlude[plots]'``); without it only the 
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import sys
@@ -25,13 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interlude.config import BOOKKEEPING_KEYS, diff, dotted
+from interlude.config import BOOKKEEPING_KEYS, ROUNDING_KEYS, diff, dotted
 from interlude.errors import InterludeError
+from interlude.files import parse_json, write_atomic
 from interlude.train.logger import read_jsonl
 
 # Keys that change between runs of one variant without changing what is being measured: the
-# bookkeeping keys, and the training seed (a variant's runs are its seeds).
-IGNORED_KEYS = BOOKKEEPING_KEYS | {"train.seed"}
+# bookkeeping keys, the keys that change only rounding (device, threads), and the training seed
+# (a variant's runs are its seeds).
+IGNORED_KEYS = BOOKKEEPING_KEYS | ROUNDING_KEYS | {"train.seed"}
 PLOTS_HINT = "Plots need matplotlib: `pip install 'interlude[plots]'`."
 
 
@@ -107,7 +108,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
     if plots is None:
         _note(f"wrote the table only. {PLOTS_HINT}")
     path = out_dir / "report.md"
-    path.write_text(render_markdown(runs, variants, plots))
+    write_atomic(path, render_markdown(runs, variants, plots))
     return path
 
 
@@ -149,7 +150,7 @@ def load_runs(run_dirs: Iterable[Path]) -> list[Run]:
     runs = []
     for d in find_run_dirs(run_dirs):
         try:
-            summary = json.loads((d / "summary.json").read_text())
+            summary = parse_json((d / "summary.json").read_text())
             config = read_yaml(d / "config.yaml") if (d / "config.yaml").is_file() else {}
         except (OSError, ValueError, InterludeError) as exc:
             _note(f"skipping {d}: {' '.join(str(exc).split())}")
@@ -309,7 +310,8 @@ def write_plots(variants: list[Variant], out_dir: Path) -> list[str] | None:
     if sensitivity is not None:
         figures["sensitivity.png"] = sensitivity
     for name, fig in figures.items():
-        fig.savefig(out_dir / name, dpi=100)
+        write_atomic(out_dir / name, lambda handle, fig=fig: fig.savefig(handle, format="png",
+                                                                          dpi=100))
     return list(figures)
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from interlude.config import Config, diff, load_config, parse_override, read_yaml
-from interlude.errors import ConfigError, InterludeError
+from interlude.errors import ConfigError, InterludeError, shown
 
 log = logging.getLogger("interlude")
 
@@ -131,7 +131,7 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
         isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
     ):
         raise ConfigError(f"{path}: 'seeds' must be a non-empty list of integers >= 0, "
-                          f"got {seeds!r}")
+                          f"got {shown(seeds)}")
     runs_spec = spec.get("runs") or []
     if not isinstance(runs_spec, list) or not all(
         isinstance(r, dict) and "name" in r and set(r) <= {"name", "overrides"} for r in runs_spec
@@ -198,7 +198,7 @@ def check_existing(run: PlannedRun) -> None:
 
     Only keys known to both are compared, so a config field added by a newer version of the
     package does not invalidate finished runs; bookkeeping keys (``config.BOOKKEEPING_KEYS``:
-    paths, device, threads, logging) may differ.
+    paths, logging) and rounding keys (``config.ROUNDING_KEYS``: device, threads) may differ.
     """
     saved_path = run.run_dir / "config.yaml"
     if run.config is None or not saved_path.is_file():
@@ -322,10 +322,10 @@ def run_sweep_cli(args: Any) -> list[Path]:
         try:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
-            raise ConfigError(f"--seeds {args.seeds!r}: expected integers separated by commas, "
+            raise ConfigError(f"--seeds {shown(args.seeds)}: expected integers separated by commas, "
                               "e.g. --seeds 0,1,2") from None
         if any(s < 0 for s in seeds):
-            raise ConfigError(f"--seeds {args.seeds!r}: seeds must be >= 0")
+            raise ConfigError(f"--seeds {shown(args.seeds)}: seeds must be >= 0")
     if args.processes < 1:
         raise ConfigError(f"--processes must be >= 1, got {args.processes}")
     return run_sweep(args.config, parse_grid(args.grid), seeds, args.processes, args.overrides,

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from interlude.config import LEGACY_VIT, TIMM_PREFIX, ModelConfig
@@ -198,6 +199,13 @@ def _create_model(name: str, pretrained: bool, source: Path | None,
             f"model.pretrained={source} lacks {len(lacking)} tensors of {TIMM_PREFIX}{name} (e.g. "
             f"{', '.join(lacking[:3])}): it holds another model's weights; check model.arch"
         )
+    mistyped = _integer_tensors_for_floats(source, model.state_dict())
+    if mistyped:
+        raise ConfigError(
+            f"model.pretrained={source} holds integer tensors where {TIMM_PREFIX}{name} has float "
+            f"weights ({', '.join(mistyped[:3])}): they would load as whole numbers; the file is "
+            "damaged or not a weights file of this model"
+        )
     non_finite = [k for k, v in model.state_dict().items()
                   if v.is_floating_point() and not bool(v.isfinite().all())]
     if non_finite:
@@ -210,6 +218,45 @@ def _create_model(name: str, pretrained: bool, source: Path | None,
         log.warning("model.pretrained: ignored %d tensors that %s%s lacks: %s", len(extra),
                     TIMM_PREFIX, name, ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""))
     return model
+
+
+_WRAPPER_PREFIXES = ("module.", "model.", "state_dict.", "state_dict_ema.")
+
+
+def _integer_tensors_for_floats(source: Path, expected: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the file's non-float tensors that fill a float tensor of the model (matched by
+    name, after the ``module.`` / ``model.`` prefixes checkpoints carry): ``load_state_dict``
+    would cast them silently. The file is read again by its dtypes only (safetensors) or
+    memory-mapped (.pth), so this costs no second copy of the weights."""
+    found: dict[str, torch.dtype] = {}
+    if source.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(source), "pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                found[key] = handle.get_slice(key).get_dtype()
+    else:
+        state = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+        _tensor_dtypes(state, "", found)
+    mistyped = []
+    for key, dtype in found.items():
+        name = key
+        while name.startswith(_WRAPPER_PREFIXES):
+            name = name.split(".", 1)[1]
+        floating = dtype.is_floating_point if isinstance(dtype, torch.dtype) else \
+            str(dtype).upper().startswith(("F", "BF"))
+        if name in expected and expected[name].is_floating_point() and not floating:
+            mistyped.append(key)
+    return mistyped
+
+
+def _tensor_dtypes(tree: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(tree, torch.Tensor):
+        out[prefix] = tree.dtype
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            _tensor_dtypes(value, f"{prefix}{key}." if not isinstance(value, torch.Tensor)
+                           else f"{prefix}{key}", out)
 
 
 def _download(name: str, kwargs: dict[str, Any]) -> nn.Module:

@@ -34,6 +34,7 @@ from interlude.artifact import Checkpoint, RunMeta, write_atomic
 from interlude.config import Config, diff
 from interlude.data import SSLData, build_data
 from interlude.errors import CheckpointError, ConfigError, InterludeError
+from interlude.files import parse_json
 from interlude.nets import build_net, pretrained_inputs, resolve_arch
 from interlude.rundir import RunDir
 from interlude.train.distributed import DistContext, init_from_env
@@ -54,7 +55,7 @@ class RunResult:
     weights: Checkpoint
     """The final state, weights only, on the CPU (the estimator keeps it)."""
     stop_signal: int | None = None
-    """SIGINT/SIGTERM when the run was interrupted (a checkpoint was saved)."""
+    """SIGINT/SIGTERM/SIGHUP when the run was interrupted (a checkpoint was saved)."""
 
     @property
     def finished(self) -> bool:
@@ -172,7 +173,7 @@ def check_resumable(checkpoint: Checkpoint, cfg: Config, data: SSLData, run_dir:
         )
     if run_dir.split.is_file():
         try:
-            saved = json.loads(run_dir.split.read_text())
+            saved = parse_json(run_dir.split.read_text())
         except ValueError:
             saved = None
         keys = ["labeled", "val"] + (["pool_fingerprint"] if isinstance(saved, dict)

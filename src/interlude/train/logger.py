@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from interlude.artifact import write_atomic
+from interlude.files import csv_row, parse_json, write_atomic
 
 log = logging.getLogger("interlude")
 
@@ -33,9 +33,9 @@ class RunLogger:
         write_header = mode == "w" or not csv_path.exists()
         self._jsonl = open(jsonl_path, mode)  # noqa: SIM115 - closed in close()
         self._csv_file = open(csv_path, mode, newline="")  # noqa: SIM115
-        self._csv = csv.DictWriter(self._csv_file, TRAIN_COLUMNS, extrasaction="ignore")
+        self._csv = csv.writer(self._csv_file)  # rows through files.csv_row, as every CSV
         if write_header:
-            self._csv.writeheader()
+            self._csv.writerow(csv_row(TRAIN_COLUMNS))
         self._tb = _tensorboard_writer(run_dir) if tensorboard else None
 
     def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
@@ -43,7 +43,7 @@ class RunLogger:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         if kind == "train":
-            self._csv.writerow(record)
+            self._csv.writerow(csv_row(record.get(column, "") for column in TRAIN_COLUMNS))
             self._csv_file.flush()
         if self._tb is not None:
             for key, value in values.items():
@@ -70,7 +70,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except ValueError:
             damaged += 1
             continue

@@ -27,6 +27,7 @@ from interlude.artifact import (
     RunMeta,
     rng_state,
     set_rng_state,
+    weights_problem,
     write_atomic,
 )
 from interlude.config import Config
@@ -293,7 +294,25 @@ class Trainer:
             model=unwrap(self.model).state_dict(),
             ema=self.ema.state_dict() if self.ema is not None else None,
             training=training, best=self.best, last_eval=self.last_eval,
+            execution=self.execution(),
         )
+
+    def execution(self) -> dict[str, Any]:
+        """What floating-point rounding depends on besides the config: the device type, the CPU
+        threads actually used (``train.threads=0`` is the machine's core count) and the number
+        of processes."""
+        return {"device": self.device.type, "threads": torch.get_num_threads(),
+                "processes": self.dist.world_size}
+
+    def _warn_if_not_bit_exact(self, checkpoint: Checkpoint) -> None:
+        then, now = checkpoint.execution or {}, self.execution()
+        changed = [f"{key} {then[key]} -> {value}" for key, value in now.items()
+                   if key in then and then[key] != value]
+        if changed:
+            log.warning("resumed with other %s than step %d was trained with (%s): the run "
+                        "continues, but it is no longer bit-exact with an uninterrupted one",
+                        "/".join(k.split()[0] for k in changed), checkpoint.step,
+                        ", ".join(changed))
 
     def save_checkpoint(self) -> None:
         """Write ``last.pt``; a state with NaN/inf anywhere stops training and is not written."""
@@ -325,6 +344,9 @@ class Trainer:
             raise CheckpointError("this checkpoint holds weights only (best.pt?); resume from "
                                   "last.pt")
         state = checkpoint.training
+        problem = weights_problem(checkpoint.model, unwrap(self.model).state_dict())
+        if problem is not None:
+            raise CheckpointError(f"the checkpoint does not match this model: {problem}")
         try:
             unwrap(self.model).load_state_dict(checkpoint.model)
             if self.ema is not None:
@@ -338,6 +360,7 @@ class Trainer:
                 f"the checkpoint does not match this model/algorithm: "
                 f"{str(exc).splitlines()[0][:200]}"
             ) from None
+        self._warn_if_not_bit_exact(checkpoint)
         self.step = self.saved_step = checkpoint.step
         self.best = checkpoint.best
         self.last_eval = checkpoint.last_eval
@@ -357,7 +380,8 @@ class Trainer:
     # ------------------------------------------------------------------ interruption
     @contextmanager
     def _stop_on_signal(self):
-        """Ctrl-C / SIGTERM finish the current step, save a checkpoint and stop cleanly."""
+        """Ctrl-C, SIGTERM and SIGHUP (a closed terminal or SSH session) finish the current
+        step, save a checkpoint and stop cleanly (exit 128 + the signal's number)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -368,12 +392,17 @@ class Trainer:
             self._stop_requested = True
             self.stop_signal = signum
 
-        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
         try:
             yield
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+"""Signals that stop training with a checkpoint (SIGHUP does not exist on Windows)."""
 
 
 class _Window:
