@@ -571,3 +571,106 @@ def test_deeply_nested_yaml_and_json_are_one_line_errors(tmp_path, safetensors_e
     (safetensors_export / "interlude.json").write_text(deep)
     with pytest.raises(ExportError, match="not valid JSON .*nested too deeply"):
         interlude.load(safetensors_export)
+
+
+# ---------------------------------------------------------------------- fresh-eyes re-probe
+@pytest.mark.parametrize("override", [
+    "data.resolution=100000", "model.width=100000000", "train.cosine_cycles=1e308",
+    "train.batch_size=1000000", "train.mu=100000", "algorithm.lambda_dc=1e300",
+])
+def test_sizes_beyond_any_machine_are_refused_by_the_schema(override):
+    """Every numeric key has an upper bound: a value no run can use is a one-line config error
+    before anything is allocated (these were tracebacks from numpy/torch or ``math``)."""
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_a_failed_allocation_is_one_line_and_exit_2(monkeypatch, capsys):
+    import interlude.cli as cli
+
+    def allocate(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 3600 bytes")
+
+    for error in (allocate, lambda args: np.empty(2**62, dtype=np.uint8)):
+        args = cli.parse_args(["config", "keys"])
+        args.func = error
+        monkeypatch.setattr(cli, "parse_args", lambda argv, args=args: args)
+        assert cli.main([]) == 2
+        message = capsys.readouterr().err.strip()
+        assert message.startswith("error: out of memory") and "\n" not in message
+        assert "train.batch_size" in message
+
+
+@pytest.mark.parametrize("device", ["mps", "cuda", "cuda:1"])
+def test_a_device_this_machine_lacks_is_a_config_error(device, monkeypatch):
+    from interlude.train import resolve_device
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    if device == "cuda:1":  # one GPU present: the second does not exist
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    elif device == "cuda":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=f"train.device={device} but"):
+        resolve_device(device)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_writing_over_something_that_is_not_a_file_is_refused(tmp_path, kind):
+    """The atomic rename would replace a device node, a FIFO or a folder with a file."""
+    from interlude.files import WriteError, write_atomic
+
+    target = tmp_path / "target"
+    os.mkfifo(target) if kind == "fifo" else target.mkdir()
+    with pytest.raises(WriteError, match="not a regular file"):
+        write_atomic(target, b"rows")
+    assert (target.is_fifo() if kind == "fifo" else target.is_dir())
+
+
+def test_an_unwritable_folder_names_the_target_not_a_temporary(tmp_path, monkeypatch):
+    from interlude import files
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".p.csv.x.tmp"))
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    with pytest.raises(files.WriteError, match=r"could not write .*p\.csv'?: Read-only file "
+                                              r"system; nothing was written"):
+        files.write_atomic(tmp_path / "p.csv", b"x")
+
+
+def test_predict_out_never_replaces_the_users_files(digits_run, tmp_path, capsys):
+    from interlude.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        _digit_png(images / f"{i}.png", i)
+    kept = (images / "0.png").read_bytes()
+    config = (digits_run / "config.yaml").read_bytes()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for out, reason in ((images / "0.png", "is one of the images"),
+                        (digits_run / "config.yaml", "inside the run folder"),
+                        (digits_run / "checkpoints" / "last.pt", "inside the run folder"),
+                        (notes, "is not a predictions CSV")):
+        assert main(["predict", str(digits_run), str(images), "--out", str(out)]) == 2
+        assert reason in capsys.readouterr().err
+    assert (images / "0.png").read_bytes() == kept and notes.read_text() == "mine"
+    assert (digits_run / "config.yaml").read_bytes() == config
+    out = tmp_path / "preds.csv"
+    for _ in range(2):  # a previous predictions CSV is replaced, as users expect
+        assert main(["predict", str(digits_run), str(images), "--out", str(out)]) == 0
+    assert out.read_text().startswith("path,class,probability,")
+
+
+def test_string_labels_keep_the_integer_minus_one_unlabeled():
+    from interlude.estimator import _as_labels, _unlabeled_mask
+
+    y = _as_labels(["cat", "dog", -1, "cat", -1])
+    assert _unlabeled_mask(y).tolist() == [False, False, True, False, True]
+    assert sorted(set(y[~_unlabeled_mask(y)])) == ["cat", "dog"]  # no class "-1"
+    with pytest.raises(ValueError, match="string '-1'"):
+        _as_labels(np.array(["cat", "dog", "-1"]))
+    assert _as_labels([0, 1, -1]).dtype.kind == "i"

@@ -264,6 +264,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InterludeError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except MemoryError:
+        print(f"error: {OUT_OF_MEMORY}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except RuntimeError as exc:  # torch reports a failed allocation as a RuntimeError
+        if not _is_out_of_memory(exc):
+            raise
+        print(f"error: {OUT_OF_MEMORY} ({_one_line(exc)[:200]})", file=sys.stderr)
+        return EXIT_USER_ERROR
     except BrokenPipeError:  # `interlude eval RUN | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         return 141
@@ -274,6 +282,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+OUT_OF_MEMORY = ("out of memory: the run asks for more than this machine has; lower "
+                 "train.batch_size, train.mu, train.eval_batch_size, data.resolution or model.width")
+
+
+def _is_out_of_memory(exc: RuntimeError) -> bool:
+    """A failed allocation (CPU or CUDA; ``torch.OutOfMemoryError`` is a RuntimeError)."""
+    import torch  # loaded already when torch raised; the CLI's start does not pay for it
+
+    text = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text or (
+        "out of memory" in text)
 
 
 MAX_ERROR_CHARS = 3000

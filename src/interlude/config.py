@@ -146,15 +146,15 @@ class DataConfig:
     """Folder holding the dataset files (standard benchmarks)."""
     download: bool = setting(False, bookkeeping=True)
     """Download standard datasets with torchvision when they are missing (needs the `vision` extra)."""
-    labels_per_class: int = setting(4, ge=1)
+    labels_per_class: int = setting(4, ge=1, le=10**6)
     """Labeled images per class drawn from the training pool (class-balanced)."""
     data_seed: int = setting(0, ge=0, le=SEED_MAX)
     """Seed of the labeled/unlabeled/validation split; independent of `train.seed`."""
-    val_per_class: int = setting(0, ge=0)
+    val_per_class: int = setting(0, ge=0, le=10**6)
     """Images per class held out of the training pool as a validation set (0 = none)."""
     split_file: str | None = None
     """Reuse the split saved by an earlier run (its `split.json`) instead of drawing one."""
-    resolution: int | None = setting(None, ge=4)
+    resolution: int | None = setting(None, ge=4, le=4096)
     """Square image size fed to the network; None = native size (imagefolder 32, tmed2 112), or
     the pretrained backbone's input size (e.g. 224 for timm/vit_base_patch16_224)."""
     interpolation: Literal["bilinear", "bicubic"] | None = None
@@ -177,7 +177,7 @@ class DataConfig:
     """imagefolder: optional labeled test folder."""
     grayscale: bool | None = None
     """imagefolder: force 1-channel (True) or 3-channel (False) images; None infers from the files."""
-    labeled_classes: list[int] | None = setting(None, ge=0)
+    labeled_classes: list[int] | None = setting(None, ge=0, le=10**5)
     """Open-set: classes kept for the labeled/test sets (None = all classes)."""
     outlier_ratio: float = setting(0.0, ge=0, lt=1)
     """Open-set: fraction of the unlabeled pool drawn from classes outside `labeled_classes`."""
@@ -194,7 +194,7 @@ class DataConfig:
     cache_dir: str | None = setting(None, bookkeeping=True)
     """Folder of that cache; None = `$INTERLUDE_CACHE_DIR`, else `$XDG_CACHE_HOME/interlude`, else
     `~/.cache/interlude`."""
-    decode_workers: int = setting(0, ge=0, bookkeeping=True)
+    decode_workers: int = setting(0, ge=0, le=256, bookkeeping=True)
     """Threads decoding image files (0 = one per CPU core, at most 8)."""
 
 
@@ -206,16 +206,16 @@ class ModelConfig:
     """small_cnn, wrn28_2, wrn28_8, wrn37_2, or any timm model as timm/<name> (timm/resnet50,
     timm/vit_base_patch16_224, ...); auto picks by dataset. vit_tiny|small|base[_patchP] name timm
     ViTs as earlier versions did."""
-    fusion_layer: int = setting(-1, ge=-1)
+    fusion_layer: int = setting(-1, ge=-1, le=256)
     """Index of the stage (CNN) or block (ViT) *before* which embeddings are fused; -1 = before
     the last one."""
-    width: int = setting(32, ge=1)
+    width: int = setting(32, ge=1, le=4096)
     """small_cnn: channels of the first conv block."""
     pretrained: bool | str = False
     """timm backbones: true = timm's pretrained weights (downloaded through the Hugging Face hub
     and cached), or a local weights file (.safetensors or weights-only .pth/.pt); false = random
     init."""
-    patch_size: int | None = setting(None, ge=1)
+    patch_size: int | None = setting(None, ge=1, le=1024)
     """timm ViTs: patch size (2 for ViT-S/2 at 32 px); None = the model's own."""
     drop_path_rate: float | None = setting(None, ge=0, lt=1)
     """timm backbones: stochastic depth rate (training only); None = the model's default."""
@@ -227,13 +227,13 @@ class AlgorithmConfig:
 
     name: str = setting("interlude", choices=ALGORITHM_NAMES)
     """Semi-supervised algorithm (InterLUDE, its baselines, or labeled data only)."""
-    lambda_u: float = setting(1.0, ge=0)
+    lambda_u: float = setting(1.0, ge=0, le=1e4)
     """Weight of the unlabeled (pseudo-label) loss."""
     threshold: float = setting(0.95, gt=0, le=1)
     """FixMatch confidence threshold tau."""
-    temperature: float = setting(1.0, gt=0)
+    temperature: float = setting(1.0, gt=0, le=1e4)
     """Softmax temperature for pseudo-labels."""
-    lambda_dc: float = setting(1.0, ge=0)
+    lambda_dc: float = setting(1.0, ge=0, le=1e4)
     """Weight of the delta-consistency loss (0 = off)."""
     dc_variant: Literal["avg", "cd", "cd_authors"] = "avg"
     """DC loss: `avg` over all paired unlabeled; `cd` only over those whose pseudo-label equals the
@@ -246,7 +246,7 @@ class AlgorithmConfig:
     """Batch order: per labeled item [lw, its uw, ls, its us], or all labeled then all unlabeled."""
     ema_p: float = setting(0.999, ge=0, lt=1)
     """FreeMatch/InterLUDE+: decay of the self-adaptive threshold statistics."""
-    lambda_ent: float | None = setting(None, ge=0)
+    lambda_ent: float | None = setting(None, ge=0, le=1e4)
     """FreeMatch/InterLUDE+: weight of the self-adaptive fairness term (USB's FreeMatch configs use
     0.001, InterLUDE+ 0.05)."""
     flex_warmup: bool = True
@@ -267,11 +267,11 @@ def resolve_algorithm_defaults(algorithm: AlgorithmConfig) -> None:
 class TrainConfig:
     """Optimisation, schedule, evaluation and bookkeeping."""
 
-    steps: int = setting(2000, ge=1)
+    steps: int = setting(2000, ge=1, le=10**9)
     """Total optimisation steps (the cosine schedule spans exactly these)."""
-    batch_size: int = setting(16, ge=1)
+    batch_size: int = setting(16, ge=1, le=65536)
     """Labeled images per step (global batch across all ranks)."""
-    mu: int = setting(7, ge=0)
+    mu: int = setting(7, ge=0, le=1024)
     """Unlabeled images per labeled image (0 only for `algorithm.name: supervised`)."""
     lr: float = setting(0.03, gt=0, le=1e4)
     """Peak learning rate (per optimizer step; the schedule scales it down)."""
@@ -279,10 +279,10 @@ class TrainConfig:
     """SGD momentum."""
     nesterov: bool = True
     """SGD Nesterov momentum (needs `momentum` > 0)."""
-    weight_decay: float = setting(5e-4, ge=0)
+    weight_decay: float = setting(5e-4, ge=0, le=10)
     """Applied to conv/linear weights only, never to norm parameters, biases, or what the model
     exempts (a ViT's position embedding and tokens)."""
-    cosine_cycles: float = setting(7.0 / 16.0, ge=0)
+    cosine_cycles: float = setting(7.0 / 16.0, ge=0, le=1e4)
     """LR factor is cos(pi * cosine_cycles * step / steps), floored at 0."""
     optimizer: Literal["sgd", "adamw"] = "sgd"
     """SGD (CNNs, as the papers) or AdamW (ViTs)."""
@@ -293,13 +293,13 @@ class TrainConfig:
     """EMA of the weights used for evaluation (0 = evaluate the raw model only)."""
     seed: int = setting(0, ge=0, le=SEED_MAX)
     """Training seed: initialisation, sampling and augmentation; independent of `data.data_seed`."""
-    eval_interval: int = setting(500, ge=1, bookkeeping=True)
+    eval_interval: int = setting(500, ge=1, le=10**9, bookkeeping=True)
     """Evaluate (and maybe select the best checkpoint) every this many steps."""
-    log_interval: int = setting(50, ge=1, bookkeeping=True)
+    log_interval: int = setting(50, ge=1, le=10**9, bookkeeping=True)
     """Log training metrics every this many steps."""
-    checkpoint_interval: int = setting(500, ge=1, bookkeeping=True)
+    checkpoint_interval: int = setting(500, ge=1, le=10**9, bookkeeping=True)
     """Save `checkpoints/last.pt` every this many steps."""
-    eval_batch_size: int = setting(256, ge=1, bookkeeping=True)
+    eval_batch_size: int = setting(256, ge=1, le=65536, bookkeeping=True)
     """Images per forward pass when evaluating."""
     device: str = setting("auto", rounding=True, pattern=(DEVICE_PATTERN, DEVICE_FORMS))
     """Training device; auto = CUDA when available, else CPU. Changes floating-point rounding: a
@@ -319,7 +319,7 @@ class TrainConfig:
     for WRN-28-2 at the paper batch on an H200, where the step is not convolution-bound."""
     augment_on: Literal["device", "workers"] = "device"
     """Batched augmentation on the training device, or per-image in DataLoader workers."""
-    num_workers: int = setting(2, ge=0, bookkeeping=True)
+    num_workers: int = setting(2, ge=0, le=256, bookkeeping=True)
     """DataLoader workers when `augment_on: workers`."""
     out_dir: str = setting("runs", bookkeeping=True)
     """Folder holding run folders."""
@@ -333,7 +333,7 @@ class TrainConfig:
     """Best checkpoint chosen on the validation set when there is one; never on test."""
     sync_bn: bool = False
     """Convert BatchNorm to SyncBatchNorm under DDP."""
-    threads: int = setting(0, ge=0, rounding=True)
+    threads: int = setting(0, ge=0, le=1024, rounding=True)
     """torch CPU threads (0 = torch default). Changes floating-point rounding: a resume with
     another thread count warns that the run is no longer bit-exact."""
 

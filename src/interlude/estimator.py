@@ -180,7 +180,7 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
                 f"{type(self).__name__} requires y to be passed, but the target y is None; "
                 "mark unlabeled rows with -1"
             )
-        X, y = _as_input(X), column_or_1d(np.asarray(y), warn=True)
+        X, y = _as_input(X), column_or_1d(_as_labels(y), warn=True)
         n_images = _n_rows(X)
         if n_images != len(y):
             raise ValueError(f"X has {n_images} images but y has {len(y)} labels; they must match")
@@ -341,6 +341,24 @@ def _resolved_device(name: str) -> torch.device:
     from interlude.train import resolve_device
 
     return resolve_device(name)
+
+
+def _as_labels(y: Any) -> np.ndarray:
+    """``y`` as an array that keeps the integer -1 an integer.
+
+    numpy turns a list mixing strings and numbers into strings, so ``["cat", "dog", -1]`` would
+    make ``"-1"`` a class; such a list becomes an object array. A string ``"-1"`` among string
+    labels is refused: it cannot be told from a class named "-1".
+    """
+    if not isinstance(y, np.ndarray):
+        values = list(y)
+        mixed = any(isinstance(v, str) for v in values) and any(
+            not isinstance(v, str) for v in values)
+        y = np.asarray(values, dtype=object) if mixed else np.asarray(values)
+    if y.dtype.kind == "U" and (y == str(UNLABELED)).any():
+        raise ValueError("y holds the string '-1': mark unlabeled rows with the integer -1 (an "
+                         "object array, or a list) or give that class another name")
+    return y
 
 
 def _unlabeled_mask(y: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from interlude.errors import InterludeError
+from interlude.errors import InterludeError, shown
 
 TMP_SUFFIX = ".tmp"
 
@@ -48,8 +48,13 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None] | bytes | 
     ``RuntimeError`` after a failed write): the handle remembers the ``OSError`` it raised.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    if path.exists() and not path.is_file():  # a device, FIFO or folder: a rename would replace it
+        raise WriteError(f"{shown(str(path))} exists and is not a regular file; write to a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as exc:  # read-only or full file system, no permission: name the target
+        raise WriteError(f"could not write {shown(str(path))}: {_reason(exc)}; {_kept(path)}") from None
     recorder: _RecordingHandle | None = None
     try:
         if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the mode open() would (umask)
@@ -68,13 +73,20 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None] | bytes | 
         cause = _os_error_behind(exc, recorder)
         if cause is None:
             raise
-        kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
-        reason = "the disk is full" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else (
-            cause.strerror or type(cause).__name__)
-        raise WriteError(f"could not write {path}: {reason}; {kept}") from None
+        raise WriteError(f"could not write {path}: {_reason(cause)}; {_kept(path)}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _reason(error: OSError) -> str:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full"
+    return error.strerror or type(error).__name__
+
+
+def _kept(path: Path) -> str:
+    return f"the previous {path.name} is kept" if path.exists() else "nothing was written"
 
 
 class _RecordingHandle:

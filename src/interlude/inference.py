@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from interlude.artifact import Checkpoint
-from interlude.errors import DataError
+from interlude.errors import DataError, shown
 from interlude.files import csv_text, text_cell, write_atomic
 from interlude.inputs import image_files, images_for_model, read_images_skipping
 from interlude.rundir import RunDir
@@ -202,6 +202,27 @@ def predictions_csv(predictions: FilePredictions) -> str:
     return csv_text(header, rows)
 
 
+PREDICTIONS_HEADER = "path,class,probability,"
+
+
+def check_predictions_target(out: Path, run_dir: Path, inputs: Sequence[str | Path]) -> None:
+    """Refuse a ``--out`` that would replace something the user keeps: a file of the run being
+    read, one of the images being predicted, or any existing file that is not a predictions CSV
+    written before (an earlier ``--out`` to the same file is replaced, as users expect)."""
+    target = out.resolve()
+    if target.is_relative_to(run_dir.resolve()):
+        raise DataError(f"--out {shown(str(out))} is inside the run folder {shown(str(run_dir))}; write the "
+                        "predictions elsewhere")
+    if any(Path(path).resolve() == target for path in inputs):
+        raise DataError(f"--out {shown(str(out))} is one of the images to predict; choose another file")
+    if target.is_file():
+        with open(target, "rb") as handle:
+            head = handle.read(len(PREDICTIONS_HEADER)).decode("utf-8", "replace")
+        if head != PREDICTIONS_HEADER:
+            raise DataError(f"--out {shown(str(out))} exists and is not a predictions CSV; choose "
+                            "another file or remove it first")
+
+
 def predict_cli(args) -> int:
     """``interlude predict RUN_DIR IMAGES_OR_FOLDERS... [--out preds.csv | --out FOLDER]``."""
     if args.batch_size < 1:
@@ -215,6 +236,7 @@ def predict_cli(args) -> int:
         out = Path(args.out)
         if out.is_dir() or args.out.endswith(("/", "\\")):
             out = out / "predictions.csv"
+        check_predictions_target(out, Path(args.run_dir), predictions.paths)
         write_atomic(out, text.encode("utf-8"))  # all rows or the previous file, never 5 of 26
         print(f"wrote {len(predictions.paths)} predictions to {text_cell(out)}", file=sys.stderr)
     if skipped == len(predictions.paths):  # the rows are written, but nothing was predicted

@@ -74,8 +74,13 @@ def resolve_device(name: str, dist: DistContext | None = None) -> torch.device:
             return torch.device("cuda", dist.local_rank if dist else 0)
         return torch.device("cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available; use train.device=cpu")
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if device.type in available and not available[device.type]():
+        raise ConfigError(f"train.device={name} but {device.type.upper()} is not available; use "
+                          "train.device=cpu (or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"train.device={name} but this machine has {torch.cuda.device_count()} "
+                          "CUDA device(s), cuda:0 onwards; use train.device=cuda (or auto)")
     return device
 
 
