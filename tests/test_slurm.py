@@ -73,6 +73,36 @@ def test_without_slurm_one_line_error(tmp_path, monkeypatch, capsys):
     assert code == 2 and err.count("\n") == 1 and "`sbatch` not found" in err
 
 
+def test_pre_kill_signal_stops_the_child_and_requeues_a_bounded_number_of_times(tmp_path,
+                                                                             monkeypatch):
+    """submitit calls checkpoint() on SIGUSR2: the child gets SIGTERM and is waited for; the
+    task is requeued unchanged until max_requeues, then given up."""
+    import submitit
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    task = slurm.SweepTask(["true"], tmp_path / "run", tmp_path / "run.log", max_requeues=2,
+                           stop_timeout_s=20)
+    task._process = child
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    delayed = task.checkpoint()
+    assert child.poll() == -signal.SIGTERM
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission) and delayed.function is task
+    assert "_process" not in task.__getstate__()  # what submitit pickles for the requeue
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert task.checkpoint() is None  # submitit then ends the task instead of requeueing it
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+    with pytest.raises(slurm.SlurmError, match="requeued 3 times without finishing"):
+        task()
+
+
+def test_failed_child_raises_with_its_error(tmp_path):
+    command = [sys.executable, "-m", "interlude", "train", str(DIGITS), "train.nope=1"]
+    task = slurm.SweepTask(command, tmp_path / "run", tmp_path / "run.log", 2, 20)
+    with pytest.raises(slurm.SlurmError, match=r"failed \(exit 2\): error: .*train.nope"):
+        task()
+    assert "=== attempt 1" in (tmp_path / "run.log").read_text()
+
+
 def test_repeated_sigterm_still_saves_a_checkpoint(tmp_path):
     """Slurm signals every process of a task and the task forwards SIGTERM too: the training
     child gets it twice and must still stop at a step boundary with a checkpoint."""
@@ -201,7 +231,8 @@ def _last_step(run_dir: Path) -> int:
     return slurm.progress(run_dir)[0] or 0
 
 
-LONG = [*TINY, "train.steps=40", "train.log_interval=1", "train.eval_interval=40",
+STEPS = 150
+LONG = [*TINY, f"train.steps={STEPS}", "train.log_interval=1", f"train.eval_interval={STEPS}",
         "train.checkpoint_interval=1000"]
 """A run long enough to be interrupted mid-way; its only mid-run checkpoint is the one the
 interruption saves."""
@@ -218,19 +249,21 @@ def test_interrupted_runs_resume_exactly(cluster, tmp_path, capsys):
     root = out / "digits"
     jobs = _jobs(root)
     requeued, signalled = jobs["base/seed0"], jobs["base/seed1"]
-    for key in jobs:
-        _wait(lambda key=key: _last_step(root / key) >= 5, 90, f"{key} to train a few steps")
-    subprocess.run(["scontrol", "requeue", requeued], check=True, env={**os.environ, **cluster.env})
-    subprocess.run(["scancel", "--signal=USR2", signalled], check=True,
-                   env={**os.environ, **cluster.env})
+    for key, command in (("base/seed0", ["scontrol", "requeue", requeued]),
+                         ("base/seed1", ["scancel", "--signal=USR2", signalled])):
+        _wait(lambda key=key: _last_step(root / key) >= 3, 90, f"{key} to train a few steps", 0.1)
+        subprocess.run(command, check=True, env={**os.environ, **cluster.env})
     rows = _wait_states(cluster, [requeued, signalled], {"COMPLETED", "FAILED", "CANCELLED"}, 110)
     assert {rows[j]["State"] for j in (requeued, signalled)} == {"COMPLETED"}, rows
     print(f"\nrequeued sweep finished in {time.monotonic() - started:.1f} s")
     for key, job in jobs.items():
         log = (root / f"{key}.log").read_text()
         resumed = [int(m) for m in re.findall(r"resumed .* at step (\d+)", log)]
-        assert len(resumed) == 1 and 0 < resumed[0] < 40, log  # interrupted once, mid-way
+        assert len(resumed) == 1 and 0 < resumed[0] < STEPS, log  # interrupted once, mid-way
         assert cluster.restarts(job) == 1
+        assert "interrupted: checkpoint saved at step" in log
+    # seed 1 went through submitit's pre-kill handler: our checkpoint(), then its requeue
+    assert "Calling checkpoint method" in (root / ".slurm" / f"{signalled}_0_log.err").read_text()
     # the same runs, uninterrupted, here
     from interlude.config import load_config
     from interlude.train import run

@@ -240,7 +240,7 @@ class SweepTask:
         if process is not None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
-            _wait_exit(process.pid, self.stop_timeout_s)
+            _wait_exit(process, self.stop_timeout_s)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         if restarts >= self.max_requeues:
             return None
@@ -257,15 +257,18 @@ def _ignoring(signum: int) -> Iterator[None]:
         signal.signal(signum, previous)
 
 
-def _wait_exit(pid: int, timeout: float) -> None:
-    """Wait for a child without ``Popen.wait`` (its lock may be held by the code we interrupted)."""
+def _wait_exit(process: subprocess.Popen, timeout: float) -> None:
+    """Wait for a child without ``Popen.wait``: the code this signal handler interrupted may hold
+    its lock. The exit status is put back on ``process`` (Popen would read 0 for a reaped pid)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.returncode is None:
         try:
-            if os.waitpid(pid, os.WNOHANG)[0] != 0:
-                return
+            pid, status = os.waitpid(process.pid, os.WNOHANG)
         except ChildProcessError:
-            return  # already reaped
+            return  # reaped by the interrupted poll(), which set returncode
+        if pid != 0:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return
         time.sleep(0.2)
 
 
