@@ -15,6 +15,10 @@ Why each piece (learned getting it to run):
 - ``AccountingStoragePass`` names the munge socket for talking to slurmdbd (``AuthInfo`` is not used
   there);
 - ``cred_expire=10``: a requeued job may only start once its old credential expired (default 120 s);
+- ``sched_interval=2,bf_interval=2``: a requeued job waits for a scheduler pass once its begin time
+  has come (30 s by default);
+- the time-limit warning comes up to 30 s early (slurmctld checks every 30 s), so with a 1-minute
+  limit ``signal_delay_s`` must stay under 30 s, or every attempt is signalled as it starts;
 - ``KillWait=10``: SIGTERM, then SIGKILL 10 s later (a requeue waits for the old job to end).
 
 Install (Debian/Ubuntu, as root)::
@@ -155,6 +159,7 @@ TaskPlugin=task/none
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 DefMemPerCPU=256

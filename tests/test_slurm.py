@@ -53,6 +53,9 @@ def test_sweep_file_slurm_options_and_command_line_override(tmp_path):
     assert params["partition"] == "debug" and params["time"] == 60
     assert params["gpus_per_node"] == 1 and params["ntasks_per_node"] == 1
     assert params["additional_parameters"] == {"constraint": "a100", "exclusive": True}
+    path.write_text(f"base: {DIGITS}\nslurm: {{time: 1, signal_delay_s: 45}}\n")
+    with pytest.raises(ConfigError, match="signal_delay_s=45 is too close to the time limit"):
+        load_sweep_file(path)
     path.write_text(f"base: {DIGITS}\nslurm: {{partitoin: gpu}}\n")
     with pytest.raises(ConfigError, match="unknown slurm option.*partitoin"):
         load_sweep_file(path)
@@ -219,6 +222,11 @@ def test_resubmitting_a_finished_sweep_submits_nothing(finished_sweep, capsys):
     assert _jobs(root) == jobs
 
 
+def _submitit_log(root: Path, job_id: str) -> str:
+    """submitit's log of an array task (its messages go to the task's stdout and stderr)."""
+    return "".join((root / ".slurm" / f"{job_id}_0_log.{ext}").read_text() for ext in ("out", "err"))
+
+
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     from interlude.artifact import Checkpoint
 
@@ -263,7 +271,7 @@ def test_interrupted_runs_resume_exactly(cluster, tmp_path, capsys):
         assert cluster.restarts(job) == 1
         assert "interrupted: checkpoint saved at step" in log
     # seed 1 went through submitit's pre-kill handler: our checkpoint(), then its requeue
-    assert "Calling checkpoint method" in (root / ".slurm" / f"{signalled}_0_log.err").read_text()
+    assert "Calling checkpoint method" in _submitit_log(root, signalled)
     # the same runs, uninterrupted, here
     from interlude.config import load_config
     from interlude.train import run
@@ -314,3 +322,31 @@ def test_failing_run_fails_once_and_is_reported(cluster, tmp_path, capsys):
     assert log.count("=== attempt") == 1 and "error:" in log
     table = _sweep([*args, "--status"], capsys)
     assert re.search(r"base/seed0\s+\S+\s+FAILED", table) and "base/seed0: error:" in table
+
+
+def test_time_limit_checkpoints_and_requeues(cluster, tmp_path, capsys):
+    """A run longer than its 1-minute limit gets SIGUSR2 ``signal_delay_s`` before the limit,
+    saves a checkpoint, is requeued, and the new attempt resumes at that step."""
+    sweep_file = tmp_path / "limit.yaml"
+    sweep_file.write_text(f"base: {DIGITS}\nslurm: {{time: 1, signal_delay_s: 20, cpus: 1}}\n")
+    out = tmp_path / "sweeps"
+    args = [str(sweep_file), *TINY, "train.steps=1000000", "train.log_interval=10",
+            "train.checkpoint_interval=1000000", "--out", str(out)]
+    started = time.monotonic()
+    _sweep([*args, "--launcher", "slurm"], capsys)
+    root = out / "limit"
+    job = _jobs(root)["base/seed0"]
+    log = root / "base" / "seed0.log"
+
+    def resumed():
+        found = re.findall(r"resumed .* at step (\d+)", log.read_text()) if log.is_file() else []
+        return int(found[0]) if found else None
+
+    step = _wait(resumed, 110, "the run to be signalled, requeued and resumed", interval=1.0)
+    print(f"\ntime-limit requeue resumed at step {step} after {time.monotonic() - started:.1f} s")
+    assert step > 0
+    submitit_log = _submitit_log(root, job)
+    assert "this job is timed-out" in submitit_log and "Calling checkpoint method" in submitit_log
+    assert cluster.restarts(job) >= 1
+    assert "cancelled 1" in _sweep([*args, "--cancel"], capsys)
+    _wait_states(cluster, [job], {"CANCELLED"}, 60)

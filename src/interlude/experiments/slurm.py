@@ -55,6 +55,9 @@ ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"
 """Slurm states of a task that may still train: such a run is not submitted a second time."""
 INTERRUPTED_EXIT = {128 + signal.SIGTERM, 128 + signal.SIGINT}
 """Exit codes of ``interlude train`` stopped by a signal after saving a checkpoint."""
+SLURM_CHECK_S = 30
+"""slurmctld checks time limits every 30 s and sends the pre-kill signal at the first check within
+``signal_delay_s + 30`` s of the limit: the signal comes up to 30 s early."""
 
 
 class SlurmError(InterludeError):
@@ -116,8 +119,13 @@ class SlurmOptions:
                                   f"{0 if name in ('gpus', 'max_requeues') else 1}, got {value!r}")
         if self.mem_gb is not None and not (isinstance(self.mem_gb, (int, float)) and self.mem_gb > 0):
             raise ConfigError(f"{where}: mem_gb must be > 0, got {self.mem_gb!r}")
-        if self.time is not None:
-            time_minutes(self.time)
+        if self.time is not None and (self.signal_delay_s + SLURM_CHECK_S) >= time_minutes(self.time) * 60:
+            raise ConfigError(
+                f"{where}: signal_delay_s={self.signal_delay_s} is too close to the time limit "
+                f"({self.time}): Slurm checks limits every {SLURM_CHECK_S} s and would signal "
+                f"every attempt as soon as it starts; use a signal_delay_s below "
+                f"{time_minutes(self.time) * 60 - SLURM_CHECK_S} or a longer --time"
+            )
         if not isinstance(self.sbatch, list) or not all(str(a).startswith("--") for a in self.sbatch):
             raise ConfigError(f"{where}: sbatch must be a list of flags such as --constraint=a100, "
                               f"got {self.sbatch!r}")
