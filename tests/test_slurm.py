@@ -106,6 +106,12 @@ def test_failed_child_raises_with_its_error(tmp_path):
     assert "=== attempt 1" in (tmp_path / "run.log").read_text()
 
 
+def test_without_submitit_one_line_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit -> ImportError
+    with pytest.raises(slurm.SlurmError, match=r'pip install "interlude\[slurm\]"'):
+        slurm._submitit()
+
+
 def test_repeated_sigterm_still_saves_a_checkpoint(tmp_path):
     """Slurm signals every process of a task and the task forwards SIGTERM too: the training
     child gets it twice and must still stop at a step boundary with a checkpoint."""

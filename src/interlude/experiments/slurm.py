@@ -180,6 +180,15 @@ def require_sbatch() -> None:
                          "login node (or install the Slurm client, e.g. apt-get install slurm-client)")
 
 
+def _submitit() -> Any:
+    """submitit, or a one-line error naming the extra that installs it."""
+    try:
+        import submitit
+    except ImportError:
+        raise SlurmError('Slurm sweeps need submitit: pip install "interlude[slurm]"') from None
+    return submitit
+
+
 # ---------------------------------------------------------------------- the array task
 class SweepTask:
     """One run of a sweep as a Slurm array task (picklable; submitit calls it in the job)."""
@@ -334,7 +343,7 @@ def slurm_states(sweep_root: Path, job_ids: list[str]) -> dict[str, str]:
     """Slurm state of each job id (``sacct`` through submitit), e.g. RUNNING, COMPLETED."""
     if not job_ids or shutil.which("sacct") is None:
         return {}
-    import submitit
+    submitit = _submitit()
 
     folder = sweep_root / BOOKKEEPING_DIR
     jobs = [submitit.SlurmJob(folder=folder, job_id=job_id) for job_id in job_ids]
@@ -359,7 +368,7 @@ def submit(sweep_root: Path, base: Path, runs: list[Any], options: SlurmOptions,
            name: str) -> Submission:
     """Submit every run of ``runs`` (``sweep.PlannedRun``) that is neither finished nor queued."""
     require_sbatch()
-    import submitit
+    submitit = _submitit()
 
     jobs = read_jobs(sweep_root)
     keys = {run.run_dir: run_key(sweep_root, run.run_dir) for run in runs}
@@ -474,7 +483,7 @@ def cancel(sweep_root: Path, run_dirs: list[Path]) -> list[str]:
 
     A running task gets SIGTERM and saves a checkpoint: resubmitting the sweep continues it.
     """
-    import submitit
+    submitit = _submitit()
 
     jobs = read_jobs(sweep_root)
     ids = [jobs[k]["job_id"] for k in (run_key(sweep_root, d) for d in run_dirs) if k in jobs]
