@@ -118,8 +118,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from interlude.experiments.sweep import run_sweep_cli
 
-    run_dirs = run_sweep_cli(args)
-    print("\n".join(str(d) for d in run_dirs))
+    print(run_sweep_cli(args))
     return 0
 
 
@@ -204,6 +203,28 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--processes", type=int, default=1,
                        help="run this many trainings at once as separate processes")
     sweep.add_argument("--out", default="runs/sweeps", help="root folder of the sweep's runs")
+    sweep.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                       help="local: train here; slurm: submit the runs as a Slurm job array")
+    shown = sweep.add_mutually_exclusive_group()
+    shown.add_argument("--status", action="store_true",
+                       help="table of the sweep's runs: Slurm job, state, step, last metric, log")
+    shown.add_argument("--cancel", action="store_true",
+                       help="scancel the sweep's queued and running tasks (they checkpoint first)")
+    slurm = sweep.add_argument_group("Slurm (--launcher slurm; override the sweep file's slurm:)")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--account", default=None)
+    slurm.add_argument("--qos", default=None)
+    slurm.add_argument("--time", default=None, metavar="LIMIT",
+                       help="time limit per task: minutes, H:MM:SS or D-HH:MM:SS; a run longer "
+                            "than that is checkpointed and requeued")
+    slurm.add_argument("--gpus-per-run", type=int, default=None, metavar="N",
+                       help="GPUs per run (more than one: DDP via torchrun on one node)")
+    slurm.add_argument("--cpus-per-run", type=int, default=None, metavar="N")
+    slurm.add_argument("--mem-per-run", type=float, default=None, metavar="GB")
+    slurm.add_argument("--max-running", type=int, default=None, metavar="N",
+                       help="at most N runs of the array at once")
+    slurm.add_argument("--sbatch-arg", action="append", default=None, metavar="--FLAG[=VALUE]",
+                       help="extra sbatch flag (repeatable), e.g. --sbatch-arg=--constraint=a100")
     sweep.set_defaults(func=cmd_sweep)
 
     report = sub.add_parser("report", help="Markdown table and plots from run dirs")

@@ -21,6 +21,10 @@ A sweep file (``configs/sweeps/*.yaml``)::
       - {name: fixmatch, overrides: {algorithm.name: fixmatch}}
     grid:                          # cartesian product (optional; combined with each run)
       algorithm.lambda_dc: [0.1, 1, 10]
+    slurm: {partition: gpu, time: "2-00:00:00", gpus: 1, cpus: 8, mem_gb: 32}  # (optional)
+
+With ``--launcher slurm`` the runs left are submitted as one Slurm job array instead
+(``experiments/slurm.py``); ``--status`` and ``--cancel`` act on the submitted tasks.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import yaml
 
 from interlude.config import Config, diff, load_config, parse_override, read_yaml
 from interlude.errors import ConfigError, InterludeError, shown
+from interlude.experiments.slurm import SlurmOptions
 
 log = logging.getLogger("interlude")
 
@@ -56,6 +61,7 @@ class SweepSpec:
     seeds: list[int]
     variants: list[Variant]
     overrides: list[str] = field(default_factory=list)
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
 
 
 @dataclass
@@ -122,10 +128,10 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
     spec = read_yaml(path) or {}
     if not isinstance(spec, dict) or "base" not in spec:
         raise ConfigError(f"{path} is not a sweep file: it needs a 'base:' config path")
-    unknown = set(spec) - {"name", "base", "seeds", "runs", "grid", "overrides"}
+    unknown = set(spec) - {"name", "base", "seeds", "runs", "grid", "overrides", "slurm"}
     if unknown:
         raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)}; valid: name, base, "
-                          "seeds, runs, grid, overrides")
+                          "seeds, runs, grid, overrides, slurm")
     seeds = spec.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(
         isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
@@ -150,6 +156,7 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
         seeds=list(seeds),
         variants=combine(runs, grid),
         overrides=_as_overrides(spec.get("overrides")),
+        slurm=SlurmOptions.from_mapping(spec.get("slurm"), f"{path}: slurm"),
     )
 
 
@@ -315,8 +322,9 @@ def _train_in_subprocesses(base: Path, todo: list[PlannedRun], processes: int) -
         raise InterludeError(f"{len(failed)} sweep run(s) failed: {'; '.join(failed)}")
 
 
-def run_sweep_cli(args: Any) -> list[Path]:
-    """``interlude sweep CONFIG|SWEEP_FILE [key=value ...] [--grid k=v1,v2] [--seeds 0,1,2]``."""
+def run_sweep_cli(args: Any) -> str:
+    """``interlude sweep CONFIG|SWEEP_FILE [key=value ...] [--grid k=v1,v2] [--seeds 0,1,2]
+    [--launcher local|slurm ...] [--status | --cancel]``; returns what to print."""
     seeds = None
     if args.seeds is not None:
         try:
@@ -328,5 +336,39 @@ def run_sweep_cli(args: Any) -> list[Path]:
             raise ConfigError(f"--seeds {shown(args.seeds)}: seeds must be >= 0")
     if args.processes < 1:
         raise ConfigError(f"--processes must be >= 1, got {args.processes}")
-    return run_sweep(args.config, parse_grid(args.grid), seeds, args.processes, args.overrides,
-                     args.out)
+    if args.status or args.cancel or args.launcher == "slurm":
+        return _slurm_cli(args, sweep_spec(args.config, parse_grid(args.grid), seeds))
+    run_dirs = run_sweep(args.config, parse_grid(args.grid), seeds, args.processes, args.overrides,
+                         args.out)
+    return "\n".join(str(d) for d in run_dirs)
+
+
+def _slurm_cli(args: Any, spec: SweepSpec) -> str:
+    from interlude.experiments import slurm
+
+    planned = plan_runs(spec, args.out, args.overrides)
+    root = Path(args.out) / spec.name if args.out is not None else default_out_root(
+        spec, args.overrides) / spec.name
+    run_dirs = [r.run_dir for r in planned]
+    if args.status:
+        return slurm.format_status(slurm.status(root, run_dirs))
+    if args.cancel:
+        cancelled = slurm.cancel(root, run_dirs)
+        return (f"cancelled {len(cancelled)} Slurm task(s): {' '.join(cancelled)}" if cancelled
+                else "nothing to cancel: no task of this sweep is queued or running")
+    options = spec.slurm.updated(
+        partition=args.partition, account=args.account, qos=args.qos, time=args.time,
+        gpus=args.gpus_per_run, cpus=args.cpus_per_run, mem_gb=args.mem_per_run,
+        max_running=args.max_running, sbatch=args.sbatch_arg,
+    )
+    options.check("command line")
+    for item in planned:
+        check_existing(item)
+    done = slurm.submit(root, spec.base, planned, options, spec.name)
+    lines = [f"sweep {spec.name}: {len(planned)} runs, {len(done.finished)} finished, "
+             f"{len(done.active)} already queued or running, {len(done.job_ids)} submitted"]
+    if done.job_ids:
+        arrays = sorted({job_id.split("_")[0] for job_id in done.job_ids.values()})
+        lines.append(f"Slurm job array {', '.join(arrays)}; follow it with: interlude sweep "
+                     f"{args.config} ... --status (runs in {root})")
+    return "\n".join(lines)

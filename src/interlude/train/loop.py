@@ -381,14 +381,20 @@ class Trainer:
     @contextmanager
     def _stop_on_signal(self):
         """Ctrl-C, SIGTERM and SIGHUP (a closed terminal or SSH session) finish the current
-        step, save a checkpoint and stop cleanly (exit 128 + the signal's number)."""
+        step, save a checkpoint and stop cleanly (exit 128 + the signal's number).
+
+        A second Ctrl-C gives up at once (the user does not want to wait); a second SIGTERM or
+        SIGHUP does not: schedulers send SIGTERM to every process, so a child can get it twice.
+        """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def request_stop(signum, frame):
-            if self._stop_requested:  # second Ctrl-C: give up immediately
+            if self._stop_requested and signum == signal.SIGINT:  # second Ctrl-C: give up now
                 raise KeyboardInterrupt
+            if self._stop_requested:  # a repeated SIGTERM (Slurm signals every process of a
+                return  # job, and the sweep task forwards one too): still save the checkpoint
             self._stop_requested = True
             self.stop_signal = signum
 
