@@ -350,11 +350,10 @@ def _as_labels(y: Any) -> np.ndarray:
     make ``"-1"`` a class; such a list becomes an object array. A string ``"-1"`` among string
     labels is refused: it cannot be told from a class named "-1".
     """
-    if not isinstance(y, np.ndarray):
-        values = list(y)
-        mixed = any(isinstance(v, str) for v in values) and any(
-            not isinstance(v, str) for v in values)
-        y = np.asarray(values, dtype=object) if mixed else np.asarray(values)
+    if isinstance(y, (list, tuple)):
+        mixed = any(isinstance(v, str) for v in y) and any(not isinstance(v, str) for v in y)
+        y = np.asarray(y, dtype=object) if mixed else np.asarray(y)
+    y = np.asarray(y)  # array-likes (pandas, anything with __array__) as numpy converts them
     if y.dtype.kind == "U" and (y == str(UNLABELED)).any():
         raise ValueError("y holds the string '-1': mark unlabeled rows with the integer -1 (an "
                          "object array, or a list) or give that class another name")
