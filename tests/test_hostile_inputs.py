@@ -422,12 +422,14 @@ def test_crafted_sidecar_sizes_allocate_nothing_and_a_wrong_format_is_an_export_
 
     sidecar_path = safetensors_export / "interlude.json"
     sidecar = json.loads(sidecar_path.read_text())
-    sidecar_path.write_text(json.dumps({**sidecar, "model": {**sidecar["model"],
-                                                              "width": 10**6}}))
-    started = time.perf_counter()  # 10**6 channels would be terabytes of weights if built
-    with pytest.raises(ExportError, match="has shape"):
-        interlude.load(safetensors_export)
-    assert time.perf_counter() - started < 30
+    for width, message in ((10**6, r"model.width=1000000 is out of range"),
+                           (4096, "has shape")):  # the largest width the schema accepts
+        sidecar_path.write_text(json.dumps({**sidecar, "model": {**sidecar["model"],
+                                                                  "width": width}}))
+        started = time.perf_counter()  # 4096 channels: gigabytes of weights if built
+        with pytest.raises(ExportError, match=message):
+            interlude.load(safetensors_export)
+        assert time.perf_counter() - started < 30
     for fmt in ("torchscript", "onnx"):
         sidecar_path.write_text(json.dumps({**sidecar, "format": fmt}))
         with pytest.raises(ExportError, match="not a loadable|needs the 'onnx"):
