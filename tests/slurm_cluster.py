@@ -193,7 +193,11 @@ StorageLoc=slurm_acct_db
 
     # ------------------------------------------------------------------ stop
     def stop(self) -> None:
-        """SIGTERM every daemon by PID (in reverse start order), SIGKILL what is left after 10 s."""
+        """Cancel every job, SIGTERM every daemon by PID (in reverse start order), SIGKILL what is
+        left after 10 s, then kill the job processes that outlived their daemons."""
+        if "slurmctld" in self.processes and self.processes["slurmctld"].poll() is None:
+            subprocess.run([_which("scancel"), "--full", "--signal=KILL", "--user=root"],
+                           env={**os.environ, **self.env}, capture_output=True, timeout=20)
         for name, process in reversed(list(self.processes.items())):
             if process.poll() is None:
                 process.terminate()
@@ -205,6 +209,22 @@ StorageLoc=slurm_acct_db
             self.processes.pop(name)
         for handle in getattr(self, "_logs", []):
             handle.close()
+        self._kill_job_processes()
+
+    def _kill_job_processes(self) -> None:
+        """slurmstepd and the job it runs are reparented to init when slurmd stops, and a job of a
+        test (a training with a million steps, waiting for its requeue) would go on using the CPU
+        for the rest of the test session: kill every process that has this cluster's SLURM_CONF
+        in its environment (the daemons' and the jobs' children all inherit it)."""
+        marker = f"SLURM_CONF={self.root / 'etc' / 'slurm.conf'}".encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
