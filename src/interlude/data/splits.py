@@ -194,6 +194,7 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
         hflip=raw.hflip if cfg.hflip is None else cfg.hflip,
         split=record,
         interpolation=cfg.interpolation or "bilinear",
+        extra_unlabeled_files=raw.extra_unlabeled_files,
     )
 
 
