@@ -348,11 +348,16 @@ def write_suggestions_csv(path: Path, suggestions: Suggestions) -> None:
     rows = []
     for i in range(len(suggestions)):
         rows.append([
-            i + 1, suggestions.files[i] if suggestions.files is not None else "",
+            i + 1, _absolute(suggestions.files[i]) if suggestions.files is not None else "",
             int(suggestions.index[i]), suggestions.predicted[i],
             f"{suggestions.confidence[i]:.6f}", f"{suggestions.scores[i]:.6f}", "",
         ])
     write_csv(path, SUGGESTION_COLUMNS, rows)
+
+
+def _absolute(file: str) -> str:
+    """A file as an absolute path: the CSV is read back relative to its own folder."""
+    return str(Path(file).resolve()) if file else ""
 
 
 def write_contact_sheet(path: Path, suggestions: Suggestions,
