@@ -337,3 +337,41 @@ def test_estimator_suggest_is_the_shared_ranking_of_its_predictions():
         assert picked.max() < len(pool)
     with pytest.raises(ValueError, match="n must be a positive integer"):
         clf.suggest(pool, n=0)
+
+
+def test_the_image_folder_loop_names_files_and_does_not_suggest_them_again(tmp_path):
+    """suggest on an imagefolder run (pool in the image cache) -> label files in the CSV -> a new
+    run learns them, and its suggestions leave the files already labeled out."""
+    digits = load_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    root = tmp_path / "data"
+    for i in range(60):
+        label = digits.target[i]
+        folder = root / ("labeled" if i < 20 else "unlabeled") / (str(label) if i < 20 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).resize((16, 16)).save(folder / f"img{i:02d}.png")
+    classes = sorted({str(digits.target[i]) for i in range(20)})
+    folder_run = [*RUN[1:], "data.name=imagefolder", "data.val_per_class=0",
+                  f"data.labeled_dir={root / 'labeled'}", f"data.unlabeled_dir={root / 'unlabeled'}",
+                  "data.resolution=16", f"train.out_dir={tmp_path}"]
+    assert main(["train", *folder_run, "train.run_name=one"]) == 0
+    assert main(["suggest", str(tmp_path / "one"), "--n", "6", "--out", str(tmp_path / "s1")]) == 0
+    rows = _rows(tmp_path / "s1" / "suggestions.csv")
+    assert all(r["file"].startswith(str(root / "unlabeled")) for r in rows)
+    for row in rows:  # the simulated labeler reads the class off the file name's digit
+        number = int(row["file"][-6:-4])
+        row["label"] = str(digits.target[number]) if str(digits.target[number]) in classes else ""
+    labeled_files = {r["file"] for r in rows if r["label"]}
+    assert labeled_files
+    with open(tmp_path / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert main(["train", *folder_run, "train.run_name=two",
+                 f"data.labels_file={tmp_path / 'labels.csv'}",
+                 f"model.pretrained={tmp_path / 'one'}"]) == 0
+    data = build_data(load_config(tmp_path / "two" / "config.yaml").data)
+    assert len(data.labeled) == 20 + len(labeled_files)
+    again = suggest_run(tmp_path / "two", 40, "margin", progress=False)
+    assert not labeled_files & set(again.files)
+    assert len(again) == 40 - len(labeled_files)

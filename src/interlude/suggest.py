@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -280,13 +281,17 @@ class Pool:
 
     def __init__(self, images: Any = None, index: np.ndarray | None = None,
                  files: list[str] | None = None,
-                 read: Callable[[list[str]], tuple[np.ndarray, list[str | None]]] | None = None):
+                 read: Callable[[list[str]], tuple[np.ndarray, list[str | None]]] | None = None,
+                 rows: np.ndarray | None = None):
         if (images is None) == (read is None):
             raise ValueError("a pool holds images or files read by `read`, not both")
         self._images = images
+        self._rows = rows
+        """The rows of ``images`` in the pool (None: all); ``index``/``files`` are per pool row."""
         self._read = read
         self.files = files
-        size = len(images) if images is not None else len(files or [])
+        size = (len(rows) if rows is not None else len(images)) if images is not None else len(
+            files or [])
         self.index = np.arange(size) if index is None else np.asarray(index, dtype=np.int64)
         self._readable = np.ones(size, dtype=bool)
         self.unreadable: list[tuple[str, str]] = []
@@ -296,7 +301,11 @@ class Pool:
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         if self._images is not None:
-            yield from row_batches(self._images, batch_size)
+            if self._rows is None:
+                yield from row_batches(self._images, batch_size)
+            else:
+                for start in range(0, len(self._rows), batch_size):
+                    yield np.asarray(self._images[self._rows[start : start + batch_size]])
             return
         assert self.files is not None and self._read is not None
         self.unreadable.clear()
@@ -314,7 +323,8 @@ class Pool:
 
     def images_at(self, rows: np.ndarray) -> np.ndarray:
         if self._images is not None:
-            return np.asarray(self._images[np.sort(rows)])[np.argsort(np.argsort(rows))]
+            stored = rows if self._rows is None else self._rows[rows]
+            return np.asarray(self._images[np.sort(stored)])[np.argsort(np.argsort(stored))]
         assert self.files is not None and self._read is not None
         images, _ = self._read([self.files[r] for r in rows])
         return images
@@ -407,7 +417,18 @@ def run_pool(data: SSLData) -> Pool:
     files = None
     if data.extra_unlabeled_files is not None and len(data.extra_unlabeled_files) == extra:
         files = [""] * len(from_pool) + list(data.extra_unlabeled_files)
-    return Pool(images=data.unlabeled.images, index=index, files=files)
+    if files is None or not split.get("labels_file"):
+        return Pool(images=data.unlabeled.images, index=index, files=files)
+    # files labeled through data.labels_file stay in the training pool's unlabeled part (as
+    # labeled images do in FixMatch); they are not suggested again
+    from interlude.data.labels_file import read_labels_file
+
+    labeled = {os.path.abspath(p) for p in read_labels_file(split["labels_file"],
+                                                            data.class_names).files}
+    rows = np.array([i for i, f in enumerate(files) if not f or os.path.abspath(f) not in labeled],
+                    dtype=np.int64)
+    return Pool(images=data.unlabeled.images, index=index[rows],
+                files=[files[i] for i in rows], rows=rows)
 
 
 def suggest_run(run_dir: str | Path, n: int = 50, strategy: str = "hybrid",
