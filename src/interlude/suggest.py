@@ -77,7 +77,9 @@ def k_center_greedy(embeddings: np.ndarray, n: int,
     picks), so the picks are at least ``radius`` apart. With no centre to start from, the first
     pick is the row farthest from the mean embedding (deterministic, unlike a random start).
     """
-    embeddings = np.asarray(embeddings, dtype=np.float64)
+    embeddings = np.asarray(embeddings)
+    if embeddings.dtype.kind != "f":
+        embeddings = embeddings.astype(np.float64)
     total = len(embeddings)
     selected = np.asarray([] if already_selected is None else already_selected, dtype=np.int64)
     available = total - len(np.unique(selected))
@@ -161,11 +163,14 @@ def check_strategy(strategy: str) -> None:
 
 # ----------------------------------------------------------------------------- inference
 @contextmanager
-def _capture_embeddings(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+def _capture_embeddings(model: nn.Module, enabled: bool = True) -> Iterator[list[torch.Tensor]]:
     """Collect the input of the network's classifier layer (the embedding) on every forward."""
     from interlude.nets import classifier_layer
 
     captured: list[torch.Tensor] = []
+    if not enabled:
+        yield captured
+        return
     handle = classifier_layer(model).register_forward_pre_hook(
         lambda module, inputs: captured.append(inputs[0].detach().flatten(1).float().cpu()))
     try:
@@ -178,11 +183,13 @@ def _capture_embeddings(model: nn.Module) -> Iterator[list[torch.Tensor]]:
 def probabilities_and_embeddings(
     model: nn.Module, batches: Iterable[np.ndarray], mean: Sequence[float], std: Sequence[float],
     device: torch.device | str = "cpu", total: int | None = None, progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
+    embed: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Softmax probabilities ``(N, K)`` and embeddings ``(N, D)`` of uint8 image batches.
 
     ``batches`` yields uint8 ``(B, C, H, W)`` arrays (rows read from a cache, or files decoded a
-    batch at a time), so the pool never needs to fit in memory. The caller sets eval mode.
+    batch at a time), so the pool never needs to fit in memory; only the probabilities and, with
+    ``embed``, the float32 embeddings are kept (None without). The caller sets eval mode.
     """
     from tqdm.auto import tqdm
 
@@ -194,7 +201,7 @@ def probabilities_and_embeddings(
     logits: list[np.ndarray] = []
     bar = tqdm(total=total, desc="scoring", unit="img", leave=False,
                disable=None if progress else True, file=sys.stderr)
-    with _capture_embeddings(model) as embeddings, bar:
+    with _capture_embeddings(model, embed) as embeddings, bar:
         for batch in batches:
             if len(batch) == 0:
                 continue
@@ -202,8 +209,8 @@ def probabilities_and_embeddings(
             logits.append(model(normalize(to_float(x), mean_t, std_t)).float().cpu().numpy())
             bar.update(len(batch))
         if not logits:
-            return np.empty((0, 0)), np.empty((0, 0), np.float32)
-        return softmax(np.concatenate(logits)), torch.cat(embeddings).numpy()
+            return np.empty((0, 0)), None
+        return softmax(np.concatenate(logits)), torch.cat(embeddings).numpy() if embed else None
 
 
 def row_batches(images: Any, batch_size: int) -> Iterator[np.ndarray]:
@@ -248,13 +255,14 @@ def suggest(model: nn.Module, class_names: Sequence[str], mean: Sequence[float],
         raise DataError(f"n must be a positive integer (how many images to suggest), got {n!r}")
     if batch_size < 1:
         raise DataError(f"batch size must be positive, got {batch_size}")
+    diverse = strategy in ("coreset", "hybrid")
     probabilities, embeddings = probabilities_and_embeddings(
-        model, pool.batches(batch_size), mean, std, device, len(pool), progress)
+        model, pool.batches(batch_size), mean, std, device, len(pool), progress, diverse)
     if len(probabilities) == 0:
         raise DataError(f"none of the {len(pool)} image(s) could be read; check the paths "
                         "and formats")
     labeled_embeddings = None
-    if labeled is not None and len(labeled) and strategy in ("coreset", "hybrid"):
+    if labeled is not None and len(labeled) and diverse:
         _, labeled_embeddings = probabilities_and_embeddings(
             model, row_batches(labeled, batch_size), mean, std, device, len(labeled), False)
     ranking = rank(strategy, probabilities, embeddings, n, labeled_embeddings)
