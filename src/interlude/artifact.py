@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from interlude.config import Config, ModelConfig, config_from_dict
-from interlude.errors import CheckpointError, InterludeError, TrainingDiverged
+from interlude.errors import CheckpointError, ConfigError, InterludeError, TrainingDiverged
 
 FORMAT_VERSION = 1
 TMP_SUFFIX = ".tmp"
@@ -388,12 +388,12 @@ def interlude_weights(source: str | Path) -> dict[str, torch.Tensor] | None:
         if (path / "interlude.json").is_file() and (path / "model.safetensors").is_file():
             path = path / "model.safetensors"
         else:
-            raise CheckpointError(
+            raise ConfigError(
                 f"model.pretrained={path} is a folder but neither a run directory "
                 "(checkpoints/last.pt) nor a safetensors export (interlude.json, "
                 "model.safetensors); name a run, a checkpoint or an exported model file")
     if not path.is_file():
-        raise CheckpointError(f"model.pretrained file not found: {path} (a run directory, its "
+        raise ConfigError(f"model.pretrained file not found: {path} (a run directory, its "
                               "checkpoints/last.pt, or an exported model.safetensors)")
     if path.suffix == ".safetensors":
         if not (path.parent / "interlude.json").is_file():
