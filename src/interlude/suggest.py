@@ -334,7 +334,11 @@ class Pool:
             stored = rows if self._rows is None else self._rows[rows]
             return np.asarray(self._images[np.sort(stored)])[np.argsort(np.argsort(stored))]
         assert self.files is not None and self._read is not None
-        images, _ = self._read([self.files[r] for r in rows])
+        images, errors = self._read([self.files[r] for r in rows])
+        if len(images) != len(rows):
+            changed = next(e for e in errors if e is not None)
+            raise DataError(f"a suggested file could not be read again ({changed}); the files "
+                            "changed while ranking: run suggest again")
         return images
 
 
