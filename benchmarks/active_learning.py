@@ -11,7 +11,8 @@ labels stand in for a person. Per seed: 1 label per class drawn at random (the s
 round's weights (``warm_start``, ``--round-steps`` steps), as ``suggest -> label -> train`` does.
 The initial model is shared by every strategy of a seed, so the rounds differ only in what was
 labeled. Test top-1 after every round is written to
-``benchmarks/results/active_learning/<dataset>.json`` after each strategy (a kill keeps what ran).
+``benchmarks/results/active_learning/<dataset>.json`` (or ``--out-name``) after each strategy (a
+kill keeps what ran); ``plot`` merges the files of a dataset.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ OUT = Path(__file__).parent / "results" / "active_learning"
 
 
 def run_dataset(name: str, seeds: list[int], strategies: list[str], rounds: int, per_round: int,
-                initial_steps: int, round_steps: int, width: int) -> None:
+                initial_steps: int, round_steps: int, width: int, out_name: str) -> None:
     raw = load_raw(DataConfig(name=name))
     X, y = raw.train.images, raw.train.labels
     X_test, y_test = raw.test.images, raw.test.labels
-    path = OUT / f"{name}.json"
+    path = OUT / f"{out_name}.json"
     results = json.loads(path.read_text()) if path.is_file() else {"dataset": name, "runs": []}
     results["settings"] = {"rounds": rounds, "per_round": per_round, "initial_steps": initial_steps,
                            "round_steps": round_steps, "width": width, "pool": len(X),
@@ -88,10 +89,8 @@ def _masked(y: np.ndarray, labeled: np.ndarray) -> np.ndarray:
 def summarise() -> str:
     """The Markdown table of every JSON file (mean +- sd and range over seeds) and the plot."""
     lines = []
-    found = []
-    for path in sorted(OUT.glob("*.json")):
-        results = json.loads(path.read_text())
-        found.append(results)
+    found = _merged()
+    for results in found:
         rounds = results["settings"]["rounds"]
         counts = results["runs"][0]["labels"]
         lines += [f"**{results['dataset']}** (pool {results['settings']['pool']}, test "
@@ -112,6 +111,20 @@ def summarise() -> str:
         lines.append("")
     _plot(found)
     return "\n".join(lines)
+
+
+def _merged() -> list[dict]:
+    """One result per dataset: the runs of its JSON files (seeds run by separate processes)."""
+    by_name: dict[str, dict] = {}
+    for path in sorted(OUT.glob("*.json")):
+        results = json.loads(path.read_text())
+        merged = by_name.setdefault(results["dataset"], {**results, "runs": []})
+        if merged["settings"] != results["settings"]:
+            raise SystemExit(f"{path}: other settings than the other {results['dataset']} files")
+        merged["runs"] += results["runs"]
+    for results in by_name.values():
+        results["runs"].sort(key=lambda r: (r["seed"], STRATEGIES.index(r["strategy"])))
+    return list(by_name.values())
 
 
 def _plot(found: list[dict]) -> None:
@@ -153,11 +166,15 @@ def main() -> None:
     go.add_argument("--initial-steps", type=int, default=600)
     go.add_argument("--round-steps", type=int, default=300)
     go.add_argument("--width", type=int, default=16)
+    go.add_argument("--out-name", default=None,
+                    help="JSON file name (default: the dataset); seeds run in parallel processes "
+                    "write separate files, merged by `plot`")
     sub.add_parser("plot")
     args = parser.parse_args()
     if args.command == "run":
         run_dataset(args.dataset, args.seeds, args.strategies, args.rounds, args.per_round,
-                    args.initial_steps, args.round_steps, args.width)
+                    args.initial_steps, args.round_steps, args.width,
+                    args.out_name or args.dataset)
     print(summarise())
 
 
