@@ -108,9 +108,25 @@ def summarise() -> str:
                 cells.append(f"{statistics.mean(values):.1f} ± {sd:.1f} "
                              f"[{min(values):.1f}, {max(values):.1f}]")
             lines.append(f"| {strategy} | {len(runs)} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += ["", _paired(results), ""]
     _plot(found)
     return "\n".join(lines)
+
+
+def _paired(results: dict) -> str:
+    """Per seed, each strategy's last-round accuracy minus random's (the same initial model, so
+    the difference is what was labeled, not the start)."""
+    final = {(r["seed"], r["strategy"]): 100 * r["accuracy"][-1] for r in results["runs"]}
+    seeds = sorted({seed for seed, _ in final})
+    parts = []
+    for strategy in STRATEGIES[1:]:
+        diffs = [final[s, strategy] - final[s, "random"] for s in seeds
+                 if (s, strategy) in final and (s, "random") in final]
+        if diffs:
+            parts.append(f"{strategy} {' / '.join(f'{d:+.1f}' for d in diffs)}")
+    labels = results["runs"][0]["labels"][-1]
+    return (f"Minus random at {labels} labels, per seed ({', '.join(map(str, seeds))}), points: "
+            + "; ".join(parts))
 
 
 def _merged() -> list[dict]:
