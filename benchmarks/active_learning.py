@@ -144,30 +144,50 @@ def _merged() -> list[dict]:
 
 
 def _plot(found: list[dict]) -> None:
+    """Top: accuracy per round (mean ± sd over seeds). Bottom: each strategy minus random on the
+    same seed (same initial model), per seed (dots) and mean (line): the seed-to-seed spread of
+    the start hides differences the paired view shows."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(5.5 * len(found), 4.2), layout="constrained")
-    axes = np.atleast_1d(figure.subplots(1, len(found), squeeze=False)).ravel()
+    figure = Figure(figsize=(5.5 * len(found), 7.5), layout="constrained")
+    axes = figure.subplots(2, len(found), squeeze=False)
     styles = {"random": ("black", "--"), "margin": ("tab:blue", "-"),
               "entropy": ("tab:orange", "-"), "coreset": ("tab:green", "-"),
               "hybrid": ("tab:red", "-")}
-    for ax, results in zip(axes, found, strict=True):
+    for column, results in enumerate(found):
+        top, bottom = axes[0, column], axes[1, column]
+        random_acc = {r["seed"]: np.array(r["accuracy"]) for r in results["runs"]
+                      if r["strategy"] == "random"}
         for strategy in STRATEGIES:
             runs = [r for r in results["runs"] if r["strategy"] == strategy]
             if not runs:
                 continue
             acc = 100 * np.array([r["accuracy"] for r in runs])
-            x = np.array(runs[0]["labels"]) + 0.4 * (STRATEGIES.index(strategy) - 2)
+            shift = 0.4 * (STRATEGIES.index(strategy) - 2)
+            x = np.array(runs[0]["labels"]) + shift
             color, line = styles[strategy]
-            ax.errorbar(x, acc.mean(0), yerr=acc.std(0, ddof=1) if len(runs) > 1 else None,
-                        color=color, linestyle=line, marker="o", capsize=3,
-                        label=f"{strategy} (n={len(runs)})")
-        ax.set_title(f"{results['dataset']}: +{results['settings']['per_round']} labels per round")
-        ax.set_xlabel("labeled images")
-        ax.set_ylabel("test top-1 (%), mean ± sd over seeds")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    figure.savefig(OUT / "active_learning.png", dpi=110)
+            top.errorbar(x, acc.mean(0), yerr=acc.std(0, ddof=1) if len(runs) > 1 else None,
+                         color=color, linestyle=line, marker="o", capsize=3,
+                         label=f"{strategy} (n={len(runs)})")
+            paired = [100 * (np.array(r["accuracy"]) - random_acc[r["seed"]]) for r in runs
+                      if r["seed"] in random_acc]
+            if strategy == "random" or not paired:
+                continue
+            paired_arr = np.array(paired)
+            bottom.plot(x, paired_arr.mean(0), color=color, linestyle=line, marker="o",
+                        label=f"{strategy} (n={len(paired)})")
+            for diffs in paired_arr:
+                bottom.scatter(x, diffs, color=color, s=12, alpha=0.5)
+        top.set_title(f"{results['dataset']}: +{results['settings']['per_round']} labels per round")
+        top.set_ylabel("test top-1 (%), mean ± sd over seeds")
+        bottom.axhline(0, color="black", linestyle="--", linewidth=1)
+        bottom.set_title(f"{results['dataset']}: minus random on the same seed")
+        bottom.set_ylabel("test top-1 difference (points); dots = seeds")
+        for ax in (top, bottom):
+            ax.set_xlabel("labeled images")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    figure.savefig(OUT / "active_learning.png", dpi=100)
 
 
 def main() -> None:
