@@ -23,7 +23,13 @@ import torch
 from torch import nn
 
 from interlude.config import Config, ModelConfig, config_from_dict
-from interlude.errors import CheckpointError, InterludeError, TrainingDiverged, shown
+from interlude.errors import (
+    CheckpointError,
+    ConfigError,
+    InterludeError,
+    TrainingDiverged,
+    shown,
+)
 from interlude.files import TMP_SUFFIX, WriteError, remove_orphan_temporaries, write_atomic
 
 __all__ = ["TMP_SUFFIX", "Checkpoint", "NonFiniteState", "RunMeta", "WriteError",
@@ -378,3 +384,59 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, device)
+
+
+# ----------------------------------------------------------------------------- starting weights
+def interlude_weights(source: str | Path) -> dict[str, torch.Tensor] | None:
+    """The weights of an earlier interlude run that ``model.pretrained=source`` names, or None
+    when ``source`` is not an interlude artifact (a timm backbone's own weights file).
+
+    Accepted: a run directory (its ``checkpoints/last.pt``), a checkpoint file, an export folder
+    or its ``model.safetensors`` (an ``interlude.json`` beside it). A checkpoint gives its primary
+    weights (EMA when present), as evaluation and export do. Every weight, the classifier
+    included, is loaded into the new network, so "suggest -> label -> train" continues the model
+    rather than restarting it.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if (path / "checkpoints" / "last.pt").is_file():
+            return Checkpoint.load(path / "checkpoints" / "last.pt").weights()
+        if (path / "interlude.json").is_file() and (path / "model.safetensors").is_file():
+            path = path / "model.safetensors"
+        else:
+            raise ConfigError(
+                f"model.pretrained={path} is a folder but neither a run directory "
+                "(checkpoints/last.pt) nor a safetensors export (interlude.json, "
+                "model.safetensors); name a run, a checkpoint or an exported model file")
+    if not path.is_file():
+        raise ConfigError(f"model.pretrained file not found: {path} (a run directory, its "
+                              "checkpoints/last.pt, or an exported model.safetensors)")
+    if path.suffix == ".safetensors":
+        if not (path.parent / "interlude.json").is_file():
+            return None
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            weights = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"model.pretrained={path} is not a readable safetensors file "
+                                  f"({_first_line(exc)}); export the run again") from None
+        bad = non_finite_entries(weights)
+        if bad:
+            raise CheckpointError(f"model.pretrained={path} holds NaN/inf in {', '.join(bad[:3])}"
+                                  "; export the run again")
+        return weights
+    if path.suffix in (".pt", ".pth"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # not a weights-only torch file: the timm loader reports it
+            return None
+        if isinstance(state, dict) and "format_version" in state:
+            return Checkpoint.from_dict(state, str(path)).weights()
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__

@@ -1,4 +1,4 @@
-"""Command line: ``interlude train|eval|config|sweep|report|predict|export``.
+"""Command line: ``interlude train|eval|config|sweep|report|predict|suggest|export``.
 
 Errors caused by the user (bad config, missing data, corrupt checkpoint, a busy run directory,
 a full disk) are printed as a single ``error: ...`` line; anything else is a bug and keeps its
@@ -136,6 +136,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return predict_cli(args)
 
 
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from interlude.suggest import suggest_cli
+
+    return suggest_cli(args)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from interlude.export import export_run
 
@@ -241,6 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", choices=["last", "best"], default="last")
     predict.add_argument("--batch-size", type=int, default=256)
     predict.set_defaults(func=cmd_predict)
+
+    suggest = sub.add_parser("suggest", help="rank unlabeled images by how much labeling each "
+                             "would help: a CSV and a contact sheet")
+    suggest.add_argument("run_dir")
+    suggest.add_argument("images", nargs="*", metavar="IMAGE_OR_FOLDER",
+                         help="rank these files/folders instead of the run's unlabeled pool")
+    suggest.add_argument("--n", type=int, default=50, help="how many images to suggest")
+    suggest.add_argument("--strategy", choices=["margin", "entropy", "coreset", "hybrid"],
+                         default="hybrid", help="hybrid: uncertain (margin), then diverse")
+    suggest.add_argument("--out", default=None,
+                         help="folder for suggestions.csv and contact_sheet.png "
+                         "(default RUN_DIR/suggestions)")
+    suggest.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    suggest.add_argument("--batch-size", type=int, default=256)
+    suggest.set_defaults(func=cmd_suggest)
 
     export = sub.add_parser("export", help="export the EMA model with its preprocessing")
     export.add_argument("run_dir")

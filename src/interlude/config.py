@@ -154,6 +154,10 @@ class DataConfig:
     """Images per class held out of the training pool as a validation set (0 = none)."""
     split_file: str | None = None
     """Reuse the split saved by an earlier run (its `split.json`) instead of drawing one."""
+    labels_file: str | None = None
+    """CSV of new labels added to the labeled set: a `label` column and per row a `file` (an
+    image, relative to the CSV) or an `index` into the training pool; the `interlude suggest` CSV
+    with its label column filled in. Rows without a label are ignored."""
     resolution: int | None = setting(None, ge=4, le=4096)
     """Square image size fed to the network; None = native size (imagefolder 32, tmed2 112), or
     the pretrained backbone's input size (e.g. 224 for timm/vit_base_patch16_224)."""
@@ -212,9 +216,10 @@ class ModelConfig:
     width: int = setting(32, ge=1, le=4096)
     """small_cnn: channels of the first conv block."""
     pretrained: bool | str = False
-    """timm backbones: true = timm's pretrained weights (downloaded through the Hugging Face hub
-    and cached), or a local weights file (.safetensors or weights-only .pth/.pt); false = random
-    init."""
+    """true = timm's pretrained weights for a timm backbone (downloaded through the Hugging Face
+    hub and cached), or a local weights file (.safetensors or weights-only .pth/.pt); or, for any
+    backbone, a previous interlude run to start from (its folder, a checkpoint, or an exported
+    model.safetensors: every weight, classifier included); false = random init."""
     patch_size: int | None = setting(None, ge=1, le=1024)
     """timm ViTs: patch size (2 for ViT-S/2 at 32 px); None = the model's own."""
     drop_path_rate: float | None = setting(None, ge=0, lt=1)
@@ -936,10 +941,11 @@ def _validate_inputs(d: DataConfig) -> None:
 def _validate_pretrained(m: ModelConfig) -> None:
     if isinstance(m.pretrained, str) and not m.pretrained.strip():
         raise ConfigError("model.pretrained is an empty string: use true, false or a file path")
-    if m.pretrained is not False and not is_timm_backbone(m.arch):
+    if m.pretrained is True and not is_timm_backbone(m.arch):
         raise ConfigError(
-            f"model.pretrained={shown(m.pretrained)} applies to timm backbones, not model.arch="
-            f"{m.arch}; use model.arch=timm/<name> (e.g. timm/resnet50) or model.pretrained=false"
+            f"model.pretrained=true (timm's weights) applies to timm backbones, not model.arch="
+            f"{m.arch}; use model.arch=timm/<name>, a previous run's folder or export "
+            "(model.pretrained=RUN_DIR), or model.pretrained=false"
         )
 
 

@@ -158,6 +158,26 @@ class InterLUDEClassifier(ClassifierMixin, BaseEstimator):
         logits = self._logits(X)  # first: it raises NotFittedError before fit
         return self.classes_[logits.argmax(axis=1)]
 
+    def suggest(self, X_unlabeled: Any, n: int = 50, strategy: str = "hybrid",
+                X_labeled: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` images of ``X_unlabeled`` to label next, best first, and their scores.
+
+        Same ranking as ``interlude suggest`` (:mod:`interlude.suggest`): ``margin``,
+        ``entropy``, ``coreset`` or ``hybrid`` (uncertain, then diverse). ``X_labeled``, the
+        images already labeled, lets ``coreset``/``hybrid`` avoid suggesting their near-copies.
+        Returns ``(indices into X_unlabeled, scores)``.
+        """
+        from interlude.suggest import Pool, suggest
+
+        check_is_fitted(self)
+        images = self._predict_images(X_unlabeled)
+        labeled = self._predict_images(X_labeled) if X_labeled is not None else None
+        meta = self.checkpoint_.meta
+        found = suggest(self.model_, [str(c) for c in self.classes_], meta.mean, meta.std,
+                        Pool(images=images), n, strategy, labeled, device=self._device(),
+                        progress=bool(self.verbose))
+        return found.rows, found.scores
+
     def predictor(self) -> Predictor:
         """The fitted model as a :class:`~interlude.inference.Predictor` (what ``load`` returns)."""
         check_is_fitted(self)

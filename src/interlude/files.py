@@ -167,6 +167,19 @@ def csv_cell(value: Any) -> Any:
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
+def read_csv_cell(text: str) -> str:
+    """A cell as :func:`csv_cell` wrote it, without its neutralising ``'`` (a file name survives
+    the round trip write -> edit in a spreadsheet -> read)."""
+    if text.startswith("'") and text[1:].startswith(FORMULA_STARTS):
+        return text[1:]
+    return text
+
+
+def write_csv(path: str | Path, header: Iterable[Any], rows: Iterable[Iterable[Any]]) -> None:
+    """A CSV for a user, written atomically (a kill leaves the previous file), cells neutralised."""
+    write_atomic(path, csv_text(header, rows))
+
+
 def csv_row(values: Iterable[Any]) -> list[Any]:
     """Every cell of a row through :func:`csv_cell`: what each CSV writer of interlude writes."""
     return [csv_cell(v) for v in values]

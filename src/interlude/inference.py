@@ -7,6 +7,7 @@ network.
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from interlude.artifact import Checkpoint
+from interlude.data.base import SSLData
 from interlude.errors import DataError, shown
 from interlude.files import csv_text, text_cell, write_atomic
 from interlude.inputs import image_files, images_for_model, read_images_skipping
@@ -108,6 +110,31 @@ def predictor_from_checkpoint(
     )
 
 
+# ----------------------------------------------------------------------------- a run's data
+def rebuild_run_data(run: RunDir, state: Checkpoint, arrays_hint: str) -> SSLData:
+    """The data a run trained on, rebuilt from its checkpoint's config and its ``split.json``
+    (so labeled, unlabeled and validation rows are exactly the run's), checked against the
+    checkpoint. ``arrays_hint`` says what to do instead for a run trained from arrays."""
+    from interlude.data import build_data
+    from interlude.data.arrays import ESTIMATOR_DATASET
+
+    if state.config.data.name == ESTIMATOR_DATASET:
+        raise DataError(f"{run.path} was trained from arrays with InterLUDEClassifier, so its "
+                        f"data cannot be rebuilt here; {arrays_hint}")
+    if not run.split.is_file():
+        raise DataError(f"{run.split} is missing: is {run.path} a run directory?")
+    data_cfg = copy.deepcopy(state.config.data)
+    data_cfg.split_file = str(run.split)
+    data = build_data(data_cfg)
+    if (state.meta.image_shape, state.meta.num_classes) != (data.image_shape, data.num_classes):
+        raise DataError(
+            f"the checkpoint of {run.path} was trained on {state.meta.num_classes} classes of "
+            f"{state.meta.image_shape} images, but its data now gives {data.num_classes} classes "
+            f"of {data.image_shape}; has the dataset changed?"
+        )
+    return data
+
+
 # ----------------------------------------------------------------------------- interlude eval
 def evaluate_run(run_dir: Path, checkpoint: str = "last", split: str = "test",
                  model: str = "ema") -> dict[str, Any]:
@@ -117,33 +144,16 @@ def evaluate_run(run_dir: Path, checkpoint: str = "last", split: str = "test",
     ``split.json`` (validated as any split file), so the validation images are exactly those the
     run held out.
     """
-    from interlude.data import build_data
-    from interlude.data.arrays import ESTIMATOR_DATASET
     from interlude.train.evaluate import classification_metrics
 
     run = RunDir(run_dir)
     state = Checkpoint.load(run.checkpoint(checkpoint))
-    if state.config.data.name == ESTIMATOR_DATASET:
-        raise DataError(
-            f"{run.path} was trained from arrays with InterLUDEClassifier, so its data cannot be "
-            "rebuilt here; score it in Python with clf.score(X, y)"
-        )
-    if not run.split.is_file():
-        raise DataError(f"{run.split} is missing: is {run.path} a run directory?")
-    data_cfg = state.config.data
-    data_cfg.split_file = str(run.split)
-    data = build_data(data_cfg)
+    data = rebuild_run_data(run, state, "score it in Python with clf.score(X, y)")
     images = data.test if split == "test" else data.val
     if images is None or len(images) == 0:
         raise DataError(
             f"{run.path} has no {split} split"
             + (" (set data.val_per_class > 0 when training)" if split == "val" else "")
-        )
-    if (state.meta.image_shape, state.meta.num_classes) != (data.image_shape, data.num_classes):
-        raise DataError(
-            f"the checkpoint of {run.path} was trained on {state.meta.num_classes} classes of "
-            f"{state.meta.image_shape} images, but its data now gives {data.num_classes} classes "
-            f"of {data.image_shape}; has the dataset changed?"
         )
     predictor = predictor_from_checkpoint(state, model)
     logits = predictor.logits(images.images)

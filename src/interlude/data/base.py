@@ -75,6 +75,8 @@ class RawDataset:
     val: ImageSet | None = None
     notes: list[str] = field(default_factory=list)
     all_train_labeled: bool = False
+    extra_unlabeled_files: list[str] | None = None
+    """The file of each ``extra_unlabeled`` row (image folders), so suggestions name files."""
 
     @property
     def num_classes(self) -> int:
@@ -96,6 +98,9 @@ class SSLData:
     split: dict = field(default_factory=dict)
     interpolation: str = "bilinear"
     """The filter the images were resized with; predictions resize new images the same way."""
+    extra_unlabeled_files: list[str] | None = None
+    """The file of each unlabeled row that came from an unlabeled folder (the last rows of
+    ``unlabeled``); ``interlude suggest`` names files with it."""
 
     @property
     def num_classes(self) -> int:

@@ -372,7 +372,14 @@ def load_image_folders(
         hflip=True,
         notes=notes,
         all_train_labeled=True,
+        extra_unlabeled_files=_kept_files(layout.unlabeled, decoded["unlabeled"]),
     )
+
+
+def _kept_files(files: ImageFiles, decoded: FolderSet) -> list[str]:
+    """The path of each decoded row: the folder's files in order, less those skipped."""
+    skipped = {name for name, _ in decoded.skipped}
+    return [str(files.root / name) for name in files.names if name not in skipped]
 
 
 def _choose_grayscale(forced: bool | None, default: bool | None,

@@ -14,6 +14,7 @@ import numpy as np
 
 from interlude.config import DataConfig
 from interlude.data.base import UNLABELED, ImageSet, RawDataset, SSLData
+from interlude.data.labels_file import AddedLabels, read_labels_file
 from interlude.data.ondisk import ConcatImages, is_disk_backed
 from interlude.errors import DataError, shown
 from interlude.files import parse_json
@@ -150,7 +151,12 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
             None if raw.all_train_labeled else cfg.labels_per_class, cfg.val_per_class,
             cfg.data_seed, raw.class_names,
         )
+    added = read_labels_file(cfg.labels_file, raw.class_names) if cfg.labels_file else None
+    if added is not None:
+        split = _with_added_indices(split, added, len(pool), cfg.labels_file)
     labeled = pool.subset(np.array(split["labeled"], dtype=np.int64))
+    if added is not None:
+        labeled = _with_added_labels(labeled, split["labeled"], added, cfg.interpolation or "bilinear")
     missing = sorted(set(range(raw.num_classes)) - set(labeled.labels.tolist()))
     if missing:
         names = ", ".join(raw.class_names[c] for c in missing)
@@ -183,6 +189,9 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
     }
     if raw.all_train_labeled:
         record["all_train_labeled"] = True
+    if added is not None:
+        record["labels_file"] = str(cfg.labels_file)
+        record["labels_file_images"] = len(added.files)
     return SSLData(
         labeled=labeled,
         unlabeled=unlabeled,
@@ -194,7 +203,40 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
         hflip=raw.hflip if cfg.hflip is None else cfg.hflip,
         split=record,
         interpolation=cfg.interpolation or "bilinear",
+        extra_unlabeled_files=raw.extra_unlabeled_files,
     )
+
+
+def _with_added_indices(split: dict[str, list[int]], added: AddedLabels, pool_size: int,
+                        source: str) -> dict[str, list[int]]:
+    """The split with the labels file's training-pool rows moved into the labeled set."""
+    outside = [i for i in added.by_index if i >= pool_size]
+    if outside:
+        raise DataError(
+            f"data.labels_file={source}: index {outside[0]} is outside the training pool of "
+            f"{pool_size} images (rows of an unlabeled folder are labeled by their file)")
+    held_out = sorted(set(added.by_index) & set(split["val"]))
+    if held_out:
+        raise DataError(f"data.labels_file={source}: index {held_out[0]} is a validation image; "
+                        "remove its row or draw the split without validation")
+    return {**split, "labeled": sorted(set(split["labeled"]) | set(added.by_index))}
+
+
+def _with_added_labels(labeled: ImageSet, rows: list[int], added: AddedLabels,
+                       interpolation: str) -> ImageSet:
+    """``labeled`` with the labels file's classes on its rows and its image files appended."""
+    from interlude.inputs import read_images
+
+    labels = labeled.labels.copy()
+    for position, row in enumerate(rows):
+        if row in added.by_index:
+            labels[position] = added.by_index[row]
+    if not added.files:
+        return ImageSet(labeled.images, labels)
+    channels, height, width = labeled.shape
+    images = read_images(list(added.files), channels, height, width, interpolation)
+    return ImageSet(np.concatenate([labeled.images, images]),
+                    np.concatenate([labels, np.fromiter(added.files.values(), np.int64)]))
 
 
 def normalisation(raw: RawDataset, cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -19,6 +19,7 @@ __all__ = [
     "WideResNet",
     "arch_names",
     "build_net",
+    "classifier_layer",
     "pretrained_inputs",
     "resolve_arch",
     "fuse_with_next",
@@ -92,3 +93,17 @@ def build_net(
     model.fusion.strength = float(fusion_strength)
     model.fusion.at_eval = bool(fusion_at_eval)
     return model
+
+
+def classifier_layer(model: nn.Module) -> nn.Module:
+    """The final linear layer of any interlude network: its input is the penultimate-layer
+    embedding (what active learning measures diversity on), found here once for every backbone.
+
+    Built-in CNNs keep it as ``fc`` (:class:`~interlude.nets.staged.StagedNet`); timm models
+    name it through ``get_classifier()``.
+    """
+    layer = model.get_classifier() if hasattr(model, "get_classifier") else getattr(model, "fc", None)
+    if not isinstance(layer, nn.Linear):
+        raise ConfigError(f"{type(model).__name__} has no final linear classifier to take "
+                          "embeddings from; use a built-in network or a timm classifier")
+    return layer

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from interlude.algorithms import build_algorithm
-from interlude.artifact import Checkpoint, RunMeta, write_atomic
-from interlude.config import Config, diff
+from interlude.artifact import Checkpoint, RunMeta, interlude_weights, write_atomic
+from interlude.config import Config, diff, is_timm_backbone
 from interlude.data import SSLData, build_data
 from interlude.errors import CheckpointError, ConfigError, InterludeError
 from interlude.files import parse_json
@@ -226,6 +226,23 @@ def run(
             owner.release()
 
 
+def _previous_run_weights(cfg: Config, data: SSLData) -> Checkpoint | None:
+    """``model.pretrained`` naming an earlier interlude run (folder, checkpoint or export): its
+    weights to start from, classifier included; None for timm's own weights or random init."""
+    source = cfg.model.pretrained
+    if not isinstance(source, str):
+        return None
+    weights = interlude_weights(source)
+    if weights is None:
+        if not is_timm_backbone(cfg.model.arch):
+            raise ConfigError(
+                f"model.pretrained={source} is not an interlude run, checkpoint or export; "
+                f"model.arch={cfg.model.arch} starts only from those (or model.pretrained=false)")
+        return None
+    log.info("starting from the weights of %s", source)
+    return Checkpoint(0, cfg, RunMeta.of_data(data), weights, weights)
+
+
 def _run_owned(cfg: Config, run_dir: RunDir, dist: DistContext, resume: bool,
                stop_after: int | None, data: SSLData | None, overwrite: bool,
                init: Checkpoint | None) -> RunResult:
@@ -246,7 +263,10 @@ def _run_owned(cfg: Config, run_dir: RunDir, dist: DistContext, resume: bool,
     cfg = resolve_config(cfg, data)
     if checkpoint is not None:
         check_resumable(checkpoint, cfg, data, run_dir)
-    trainer = _assemble(cfg, data, run_dir, dist, pretrained=checkpoint is None)
+    if checkpoint is None and init is None:
+        init = _previous_run_weights(cfg, data)
+    trainer = _assemble(cfg, data, run_dir, dist,
+                        pretrained=checkpoint is None and init is None)
     if checkpoint is not None:
         trainer.restore(checkpoint)
         log.info("resumed %s at step %d", run_dir.path, trainer.step)
