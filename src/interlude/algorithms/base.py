@@ -18,6 +18,18 @@ from interlude.config import AlgorithmConfig
 Metrics = dict[str, torch.Tensor]
 
 
+def pseudo_label_metrics(mask: torch.Tensor, targets: torch.Tensor, num_classes: int) -> Metrics:
+    """``mask_rate`` and ``pl_counts``: how many unlabeled rows passed the mask, and per class.
+
+    ``pl_counts[c]`` is the (mask-weighted) number of rows pseudo-labelled ``c`` this step, the
+    histogram users compare with the labeled prior when SSL underperforms on many or imbalanced
+    classes. It is counted with ``scatter_add_`` into a fixed-size buffer (``bincount`` would
+    read its size back from the device every step).
+    """
+    counts = torch.zeros(num_classes, device=mask.device).scatter_add_(0, targets, mask.float())
+    return {"mask_rate": mask.float().mean(), "pl_counts": counts}
+
+
 @dataclass
 class Batch:
     """What one training step feeds the network and the loss, built by the input pipeline.

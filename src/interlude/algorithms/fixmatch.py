@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from interlude.algorithms.base import Algorithm, Batch, Metrics, ViewLogits
+from interlude.algorithms.base import Algorithm, Batch, Metrics, ViewLogits, pseudo_label_metrics
 from interlude.algorithms.supervised import supervised_loss
 
 
@@ -46,10 +46,12 @@ class FixMatch(Algorithm):
 
     def unlabeled_loss(self, logits: ViewLogits, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
         """The weighted unlabeled term(s) and their metrics; FreeMatch/FlexMatch override this."""
-        loss, mask, _ = fixmatch_unlabeled_loss(
+        loss, mask, targets = fixmatch_unlabeled_loss(
             logits.uw, logits.us, self.cfg.threshold, self.cfg.temperature
         )
-        return self.cfg.lambda_u * loss, {"loss_unsup": loss.detach(), "mask_rate": mask.mean()}
+        return self.cfg.lambda_u * loss, {
+            "loss_unsup": loss.detach(), **pseudo_label_metrics(mask, targets, self.num_classes)
+        }
 
     def loss(self, logits: ViewLogits, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
         loss_sup = supervised_loss(logits.lw, batch.labels, self.supervised_weights)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from interlude.algorithms.base import Batch, Metrics, ViewLogits
+from interlude.algorithms.base import Batch, Metrics, ViewLogits, pseudo_label_metrics
 from interlude.algorithms.fixmatch import FixMatch, masked_cross_entropy
 
 __all__ = ["FlexMatch", "class_learning_effect", "flexible_thresholds", "remember_confident"]
@@ -60,7 +60,7 @@ class FlexMatch(FixMatch):
         loss = masked_cross_entropy(logits.us, predicted, mask)
         return self.cfg.lambda_u * loss, {
             "loss_unsup": loss.detach(),
-            "mask_rate": mask.mean(),
+            **pseudo_label_metrics(mask, predicted, self.num_classes),
             "threshold": class_threshold.mean(),
         }
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from interlude.algorithms.base import Batch, Metrics, ViewLogits
+from interlude.algorithms.base import Batch, Metrics, ViewLogits, pseudo_label_metrics
 from interlude.algorithms.fixmatch import FixMatch, masked_cross_entropy
 
 
@@ -127,7 +127,7 @@ class FreeMatch(FixMatch):
         return total, {
             "loss_unsup": loss_sat.detach(),
             "loss_fair": loss_fair.detach(),
-            "mask_rate": mask.mean(),
+            **pseudo_label_metrics(mask, targets, self.num_classes),
             "threshold": self.global_confidence.clone(),
         }
 

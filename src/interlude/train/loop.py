@@ -17,6 +17,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -45,6 +46,10 @@ from interlude.train.logger import Progress, RunLogger
 from interlude.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("interlude")
+
+COUNTED_METRICS = frozenset({"pl_counts"})
+"""Per-step metrics that are counts: logged summed over the log window and the ranks (as lists
+of integers), where every other metric is logged as its mean over the window."""
 
 
 class Trainer:
@@ -132,6 +137,8 @@ class Trainer:
         end = t.steps if stop_after is None else min(t.steps, stop_after)
         main = self.dist.is_main
         logger = RunLogger(self.run_dir.path, t.tensorboard, resume_step=self.step) if main else None
+        if logger is not None and self.step == 0:
+            logger.write("data", 0, {"labeled_counts": self._labeled_counts()})
         progress = Progress(t.steps, self.step, t.progress and main)
         sums: dict[str, torch.Tensor] = {}
         window = _Window(self.step)
@@ -175,6 +182,11 @@ class Trainer:
             write_atomic(self.run_dir.summary, json.dumps(summary, indent=1))
         return summary
 
+    def _labeled_counts(self) -> list[int]:
+        """Labeled images per class: the prior the pseudo-label histogram is compared with."""
+        labels = np.asarray(self.data.labeled.labels)
+        return np.bincount(labels[labels >= 0], minlength=self.data.num_classes).tolist()
+
     def _should_stop(self) -> bool:
         """Whether a stop was requested; under DDP all ranks agree, at log intervals only.
 
@@ -189,7 +201,12 @@ class Trainer:
     def _log_train(self, sums, window, logger, progress) -> None:
         self._check_finite()
         steps = self.step - window.start
-        values = {k: float(v) / steps for k, v in self._reduce(sums).items()}
+        values: dict[str, Any] = {}
+        for key, value in self._reduce(sums).items():
+            if key in COUNTED_METRICS:  # summed over the window and the ranks
+                values[key] = [round(count) for count in (value * self.dist.world_size).tolist()]
+            else:
+                values[key] = float(value) / steps
         values["lr"] = self.scheduler.get_last_lr()[0]
         values["img_per_s"] = window.images / max(window.step_time, 1e-9)
         if window.data_time > 0:
@@ -202,8 +219,9 @@ class Trainer:
         if not sums:
             return {}
         keys = sorted(sums)
-        stacked = self.dist.all_reduce_mean(torch.stack([sums[k].float() for k in keys]))
-        return dict(zip(keys, stacked.cpu().unbind(), strict=True))
+        flat = [sums[k].float().reshape(-1) for k in keys]  # scalars and per-class vectors
+        reduced = self.dist.all_reduce_mean(torch.cat(flat)).cpu()
+        return dict(zip(keys, reduced.split([part.numel() for part in flat]), strict=True))
 
     def _check_finite(self) -> None:
         diverged = bool(self.dist.all_reduce_max(self._diverged.float()).item())
@@ -229,7 +247,9 @@ class Trainer:
     def _evaluate(self, logger, progress) -> None:
         self._check_finite()
         record: dict[str, Any] = {}
-        splits = {"val": self.data.val, "test": self.data.test}
+        # the labeled images too: accuracy falling there while the unlabeled losses rise is the
+        # over-regularisation signature `interlude report` looks for
+        splits = {"val": self.data.val, "test": self.data.test, "labeled": self.data.labeled}
         for model in self.eval_models().values():
             self.dist.broadcast_buffers(model)  # every rank evaluates rank 0's BN statistics
         for split, images in splits.items():
