@@ -42,7 +42,8 @@ def test_shipped_sweep_files_plan_valid_runs(tmp_path):
     assert {f.stem for f in files} >= {"ablation", "lambda_dc", "layout", "fusion_strength",
                                         "openset"}
     counts = {f.stem: len(plan_runs(load_sweep_file(f), tmp_path)) for f in files}
-    assert counts["ablation"] == 7 * 3 and counts["openset"] == 6 * 3 and counts["layout"] == 2 * 3
+    assert counts["ablation"] == 7 * 3 and counts["openset"] == 4 * 4 * 3 and counts["layout"] == 2 * 3
+    assert counts["fusion_strength"] == 6 * 3 and counts["lambda_dc"] == 4 * 3
 
 
 def test_run_dirs_are_separate_and_seeded(tmp_path):
@@ -50,8 +51,8 @@ def test_run_dirs_are_separate_and_seeded(tmp_path):
     planned = plan_runs(spec, tmp_path)
     assert len({p.run_dir for p in planned}) == len(planned)
     first = planned[0]
-    assert first.run_dir == tmp_path / "lambda_dc" / "lambda_dc=0.1" / "seed0"
-    assert "train.seed=0" in first.overrides and "algorithm.lambda_dc=0.1" in first.overrides
+    assert first.run_dir == tmp_path / "lambda_dc" / "lambda_dc=0.0" / "seed0"
+    assert "train.seed=0" in first.overrides and "algorithm.lambda_dc=0.0" in first.overrides
 
 
 def test_bad_key_fails_before_any_training(tmp_path):
