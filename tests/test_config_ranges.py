@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from interlude.config import (
-    ALGORITHM_DEFAULTS,
+    ALGORITHMS,
     BOOKKEEPING_KEYS,
-    AlgorithmConfig,
     Config,
     Range,
     config_from_dict,
@@ -19,15 +18,19 @@ from interlude.config import (
     diff,
     load_config,
     schema,
+    section_options,
 )
 from interlude.errors import ConfigError
 
 NUMERIC_KINDS = ("int", "float", "list[int]", "list[float]")
 RANGED = {key: spec for key, spec in schema().items() if spec.range is not None}
 
-# Settings a boundary value needs to pass the cross-field checks of validate().
+# Settings a boundary value needs to pass the cross-field checks of validate(); a component's
+# key is set with that component chosen (from the registries), so the value is kept.
+SUPERVISED = next(c.name for c in ALGORITHMS if not c.target.uses_unlabeled)
 CONTEXT = {
-    "train.mu": ["algorithm.name=supervised"],  # mu=0 is for supervised only
+    **{key: spec.selecting() for key, spec in schema().items() if spec.owners},
+    "train.mu": [f"algorithm.name={SUPERVISED}"],  # mu=0 is for labeled-only algorithms
     "train.momentum": ["train.nesterov=false"],  # Nesterov needs momentum > 0
     "data.mean": ["data.std=[1,1,1]"],  # given together, one value per channel (1 or 3)
     "data.std": ["data.mean=[0,0,0]"],
@@ -173,7 +176,6 @@ def test_algorithm_name_is_checked_and_matches_the_registry():
     from interlude.algorithms import algorithm_names
 
     assert schema()["algorithm.name"].choices == tuple(algorithm_names())
-    assert set(ALGORITHM_DEFAULTS) - {"*"} <= set(algorithm_names())
     with pytest.raises(ConfigError, match="did you mean fixmatch"):
         load_config(None, ["algorithm.name=fixmatc"])
 
@@ -205,16 +207,22 @@ def test_yaml_merge_keys_may_be_overridden(tmp_path):
 
 # ------------------------------------------------------------------ per-algorithm defaults
 @pytest.mark.parametrize(("algorithm", "expected"),
-                         [("freematch", 0.001), ("interlude_plus", 0.05), ("interlude", 0.05),
-                          ("fixmatch", 0.05)])
+                         [("freematch", 0.001), ("interlude_plus", 0.05), ("interlude", None),
+                          ("fixmatch", None)])
 def test_lambda_ent_default_per_algorithm(algorithm, expected, tmp_path):
     cfg = load_config(None, [f"algorithm.name={algorithm}"])
-    assert cfg.algorithm.lambda_ent == expected
+    assert getattr(cfg.algorithm, "lambda_ent", None) == expected
+    if expected is None:  # an algorithm without a fairness term has no such key
+        assert "lambda_ent" not in cfg.to_yaml()
+        assert "lambda_ent" not in load_config(None, [f"algorithm.name={algorithm}",
+                                                      "algorithm.lambda_ent=0.3"]).to_yaml()
+        return
     assert f"lambda_ent: {expected}" in cfg.to_yaml()  # a saved config holds the value
     path = tmp_path / "c.yaml"
     path.write_text(f"algorithm:\n  name: {algorithm}\n")
     assert load_config(path).algorithm.lambda_ent == expected
-    assert AlgorithmConfig(name=algorithm).lambda_ent == expected
+    assert section_options("algorithm", name=algorithm).lambda_ent == expected
+    assert ALGORITHMS.get(algorithm).options.model_fields["lambda_ent"].default == expected
 
 
 def test_lambda_ent_explicit_value_wins_and_saved_value_is_kept():
@@ -226,18 +234,18 @@ def test_lambda_ent_explicit_value_wins_and_saved_value_is_kept():
     assert config_from_dict(tree).algorithm.lambda_ent == 0.05
     del tree["algorithm"]["lambda_ent"]  # missing: the algorithm's default
     assert config_from_dict(tree).algorithm.lambda_ent == 0.001
-    assert load_config(None, ["algorithm.name=freematch",
-                              "algorithm.lambda_ent=none"]).algorithm.lambda_ent == 0.001
+    with pytest.raises(ConfigError, match="algorithm.lambda_ent: expected a number"):
+        load_config(None, ["algorithm.name=freematch", "algorithm.lambda_ent=none"])
 
 
 @pytest.mark.parametrize("algorithm", ["freematch", "interlude_plus"])
 def test_fairness_algorithms_read_a_float(algorithm):
-    from interlude.algorithms import build_algorithm
+    from interlude.algorithms import AlgorithmContext, build_algorithm
 
     cfg = load_config(None, [f"algorithm.name={algorithm}"])
-    algo = build_algorithm(cfg.algorithm, num_classes=3)
+    algo = build_algorithm(cfg.algorithm, AlgorithmContext(num_classes=3))
     assert isinstance(algo.cfg.lambda_ent, float)
-    assert algo.cfg.lambda_ent == ALGORITHM_DEFAULTS[algorithm]["lambda_ent"]
+    assert algo.cfg.lambda_ent == {"freematch": 0.001, "interlude_plus": 0.05}[algorithm]
 
 
 def test_docs_show_ranges_and_per_algorithm_defaults(capsys):
@@ -294,14 +302,14 @@ def test_diff_skips_bookkeeping_unless_asked():
 def test_diff_ignores_keys_missing_on_one_side_and_takes_trees():
     old = load_config(None).to_dict()
     new = load_config(None, ["train.steps=10"]).to_dict()
-    del old["algorithm"]["flex_warmup"]  # saved by an older version
+    del old["algorithm"]["fusion_at_eval"]  # saved by an older version
     new["train"]["future_key"] = 1  # added by a newer version
-    new["algorithm"]["flex_warmup"] = False
+    new["algorithm"]["fusion_at_eval"] = True
     assert diff(old, new) == ["train.steps: 2000 there, 10 now"]
     flat = {f"{s}.{k}": v for s, values in new.items() for k, v in values.items()}
     assert diff(old, flat) == ["train.steps: 2000 there, 10 now"]
     assert diff(Config(), new) == [
-        "algorithm.flex_warmup: True there, False now", "train.steps: 2000 there, 10 now",
+        "algorithm.fusion_at_eval: False there, True now", "train.steps: 2000 there, 10 now",
     ]
 
 

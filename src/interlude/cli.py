@@ -89,26 +89,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from interlude.config import config_reference_markdown, field_docs, load_config, schema
+    from interlude.config import config_reference_markdown, key_lines, load_config
 
     if args.action == "keys":
-        if args.markdown:
-            print(config_reference_markdown())
-            return 0
-        lines = []
-        for key, (tp, _, doc) in field_docs().items():
-            spec = schema()[key]
-            default = (f"default per algorithm: {spec.default_text()}" if spec.per_algorithm
-                       else f"default {spec.default_text()}")
-            facts = [spec.kind if spec.per_algorithm else tp, default]
-            if spec.valid:
-                facts.append(f"valid: {spec.valid}")
-            if spec.bookkeeping:
-                facts.append("bookkeeping")
-            if spec.rounding:
-                facts.append("rounding only")
-            lines.append(f"{key} ({'; '.join(facts)}): {' '.join(doc.split())}")
-        print("\n".join(lines))
+        print(config_reference_markdown() if args.markdown else "\n".join(key_lines()))
         return 0
     config_path, overrides = _split_config_and_overrides(args.items)
     print(load_config(config_path, overrides).to_yaml(), end="")

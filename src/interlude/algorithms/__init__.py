@@ -1,49 +1,56 @@
-"""Semi-supervised algorithms, one file each, with their losses as pure functions."""
+"""Semi-supervised algorithms, one file each, with their losses as pure functions.
+
+Each module registers its algorithm and options class with ``@register_algorithm(name,
+Options)``; importing every module here is what registers them (the config reads the registry
+:data:`interlude.config.ALGORITHMS`), so a new algorithm is one new module plus one line below.
+"""
 
 from __future__ import annotations
 
-import importlib
-
-import torch
-
-from interlude.algorithms.base import Algorithm, Batch, ViewLogits
-from interlude.config import AlgorithmConfig
+from interlude.algorithms import (  # noqa: F401  (imported to register)
+    supervised,
+    fixmatch,
+    interlude,
+    freematch,
+    flexmatch,
+    interlude_plus,
+)
+from interlude.algorithms.base import (
+    Algorithm,
+    AlgorithmContext,
+    Batch,
+    PseudoLabelOptions,
+    UnlabeledLossOptions,
+    ViewLogits,
+    register_algorithm,
+)
+from interlude.config import ALGORITHMS, AlgorithmOptions
 from interlude.errors import ConfigError
 
-# name -> (module, class); modules are imported on demand
-_ALGORITHMS = {
-    "supervised": ("supervised", "Supervised"),
-    "fixmatch": ("fixmatch", "FixMatch"),
-    "interlude": ("interlude", "InterLUDE"),
-    "freematch": ("freematch", "FreeMatch"),
-    "flexmatch": ("flexmatch", "FlexMatch"),
-    "interlude_plus": ("interlude_plus", "InterLUDEPlus"),
-}
-
-__all__ = ["Algorithm", "Batch", "ViewLogits", "algorithm_names", "build_algorithm"]
+__all__ = [
+    "Algorithm",
+    "AlgorithmContext",
+    "Batch",
+    "PseudoLabelOptions",
+    "UnlabeledLossOptions",
+    "ViewLogits",
+    "algorithm_class",
+    "algorithm_names",
+    "build_algorithm",
+    "register_algorithm",
+]
 
 
 def algorithm_names() -> list[str]:
-    return list(_ALGORITHMS)
+    return ALGORITHMS.names()
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
-    if name not in _ALGORITHMS:
-        raise ConfigError(
-            f"unknown algorithm.name '{name}'. Available: {', '.join(_ALGORITHMS)}"
-        )
-    module, cls = _ALGORITHMS[name]
-    return getattr(importlib.import_module(f"interlude.algorithms.{module}"), cls)
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm.name '{name}'. Available: {', '.join(algorithm_names())}")
+    return ALGORITHMS.get(name).target
 
 
-def build_algorithm(
-    cfg: AlgorithmConfig,
-    num_classes: int,
-    class_weights: torch.Tensor | None = None,
-    num_unlabeled: int = 0,
-) -> Algorithm:
-    """Instantiate the algorithm named by ``cfg.name``."""
-    cls = algorithm_class(cfg.name)
-    if getattr(cls, "needs_unlabeled_count", False):
-        return cls(cfg, num_classes, class_weights, num_unlabeled=num_unlabeled)
-    return cls(cfg, num_classes, class_weights)
+def build_algorithm(cfg: AlgorithmOptions, context: AlgorithmContext) -> Algorithm:
+    """Instantiate the algorithm named by ``cfg.name`` with the run's ``context``."""
+    return algorithm_class(cfg.name)(cfg, context)

@@ -9,11 +9,13 @@ checkpoints and moves it with ``.to(device)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from interlude.config import AlgorithmConfig
+from interlude.config import AlgorithmOptions, register_algorithm
 
 Metrics = dict[str, torch.Tensor]
 
@@ -57,33 +59,67 @@ class ViewLogits:
     us: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class AlgorithmContext:
+    """What the run tells an algorithm when it is built, one object whatever the algorithm uses:
+    the number of classes, the size of the unlabeled pool (per-image state such as FlexMatch's)
+    and the supervised class weights (``data.class_weighted_loss``; None = unweighted)."""
+
+    num_classes: int
+    num_unlabeled: int = 0
+    class_weights: torch.Tensor | None = None
+
+
+class UnlabeledLossOptions(AlgorithmOptions):
+    """Options of every algorithm with an unlabeled loss."""
+
+    lambda_u: float = Field(1.0, ge=0, le=1e4)
+    """Weight of the unlabeled (pseudo-label) loss."""
+
+
+class PseudoLabelOptions(UnlabeledLossOptions):
+    """Options of the algorithms thresholding softmax pseudo-labels (FixMatch and its kin)."""
+
+    threshold: float = Field(0.95, gt=0, le=1)
+    """Confidence threshold tau of the pseudo-labels (FlexMatch: of the best-learned class)."""
+    temperature: float = Field(1.0, gt=0, le=1e4)
+    """Softmax temperature for pseudo-labels."""
+
+
 class Algorithm(nn.Module):
-    """Base class; subclasses set ``views``/``uses_fusion`` and implement :meth:`loss`."""
+    """Base class; subclasses set ``views`` (and ``uses_fusion``), implement :meth:`loss` and
+    register with ``@register_algorithm(name, OptionsClass)``.
 
-    name = "base"
+    ``uses_unlabeled`` (derived from ``views``) is what the config asks to allow ``train.mu=0``;
+    ``fusion_strength`` / ``fusion_at_eval`` are what the network is built with.
+    """
+
+    name: ClassVar[str] = "base"
+    options_class: ClassVar[type[AlgorithmOptions]] = AlgorithmOptions
     views: tuple[str, ...] = ("lw",)
-    uses_fusion = False
+    uses_unlabeled: ClassVar[bool] = False
+    uses_fusion: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        cfg: AlgorithmConfig,
-        num_classes: int,
-        class_weights: torch.Tensor | None = None,
-    ) -> None:
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.uses_unlabeled = "uw" in cls.views or "us" in cls.views
+
+    def __init__(self, cfg: AlgorithmOptions, context: AlgorithmContext) -> None:
         super().__init__()
         self.cfg = cfg
-        self.num_classes = num_classes
-        self.register_buffer(
-            "class_weights", class_weights if class_weights is not None else torch.empty(0)
-        )
-
-    @property
-    def uses_unlabeled(self) -> bool:
-        return "uw" in self.views or "us" in self.views
+        self.context = context
+        self.num_classes = context.num_classes
+        weights = context.class_weights
+        self.register_buffer("class_weights", weights if weights is not None else torch.empty(0))
 
     @property
     def fusion_strength(self) -> float:
-        return self.cfg.fusion_strength if self.uses_fusion else 0.0
+        """Embedding fusion alpha the network is built with (0 = off)."""
+        return 0.0
+
+    @property
+    def fusion_at_eval(self) -> bool:
+        return False
 
     @property
     def supervised_weights(self) -> torch.Tensor | None:
@@ -91,3 +127,7 @@ class Algorithm(nn.Module):
 
     def loss(self, logits: ViewLogits, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
+
+
+__all__ = ["Algorithm", "AlgorithmContext", "Batch", "Metrics", "PseudoLabelOptions",
+           "UnlabeledLossOptions", "ViewLogits", "pseudo_label_metrics", "register_algorithm"]

@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from interlude.algorithms.base import Algorithm, Batch, Metrics, ViewLogits, pseudo_label_metrics
+from interlude.algorithms.base import (
+    Algorithm,
+    Batch,
+    Metrics,
+    PseudoLabelOptions,
+    ViewLogits,
+    pseudo_label_metrics,
+    register_algorithm,
+)
 from interlude.algorithms.supervised import supervised_loss
 
 
@@ -40,8 +48,12 @@ def fixmatch_unlabeled_loss(
     return masked_cross_entropy(logits_strong, targets, mask), mask, targets
 
 
+class FixMatchOptions(PseudoLabelOptions):
+    """FixMatch: a fixed confidence threshold on the weak view's pseudo-labels."""
+
+
+@register_algorithm("fixmatch", FixMatchOptions)
 class FixMatch(Algorithm):
-    name = "fixmatch"
     views = ("lw", "uw", "us")
 
     def unlabeled_loss(self, logits: ViewLogits, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import torch
 
-from interlude.algorithms.base import Batch, Metrics, ViewLogits, pseudo_label_metrics
+from interlude.algorithms.base import (
+    AlgorithmContext,
+    Batch,
+    Metrics,
+    PseudoLabelOptions,
+    ViewLogits,
+    pseudo_label_metrics,
+    register_algorithm,
+)
 from interlude.algorithms.fixmatch import FixMatch, masked_cross_entropy
 
 __all__ = ["FlexMatch", "class_learning_effect", "flexible_thresholds", "remember_confident"]
@@ -40,13 +48,19 @@ def flexible_thresholds(beta: torch.Tensor, threshold: float) -> torch.Tensor:
     return threshold * beta / (2.0 - beta)
 
 
-class FlexMatch(FixMatch):
-    name = "flexmatch"
-    needs_unlabeled_count = True
+class FlexMatchOptions(PseudoLabelOptions):
+    """FlexMatch: per-class thresholds scaled by how well each class is learned."""
 
-    def __init__(self, cfg, num_classes: int, class_weights=None, num_unlabeled: int = 0) -> None:
-        super().__init__(cfg, num_classes, class_weights)
-        self.register_buffer("selected_label", torch.full((max(num_unlabeled, 1),), -1))
+    flex_warmup: bool = True
+    """Threshold warm-up (count unused samples as a class)."""
+
+
+@register_algorithm("flexmatch", FlexMatchOptions)
+class FlexMatch(FixMatch):
+    def __init__(self, cfg: FlexMatchOptions, context: AlgorithmContext) -> None:
+        super().__init__(cfg, context)
+        size = max(context.num_unlabeled, 1)
+        self.register_buffer("selected_label", torch.full((size,), -1))
 
     def unlabeled_loss(self, logits: ViewLogits, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
         if batch.unlabeled_indices is None:

@@ -22,7 +22,17 @@ from __future__ import annotations
 
 import torch
 
-from interlude.algorithms.base import Batch, Metrics, ViewLogits, pseudo_label_metrics
+from pydantic import Field
+
+from interlude.algorithms.base import (
+    AlgorithmContext,
+    Batch,
+    Metrics,
+    UnlabeledLossOptions,
+    ViewLogits,
+    pseudo_label_metrics,
+    register_algorithm,
+)
 from interlude.algorithms.fixmatch import FixMatch, masked_cross_entropy
 
 
@@ -96,11 +106,24 @@ def fairness_loss(
     return torch.where(count > 0, loss, torch.zeros_like(loss))
 
 
-class FreeMatch(FixMatch):
-    name = "freematch"
+class SelfAdaptiveOptions(UnlabeledLossOptions):
+    """Options of FreeMatch's self-adaptive thresholds and fairness term (FreeMatch, InterLUDE+)."""
 
-    def __init__(self, cfg, num_classes: int, class_weights=None) -> None:
-        super().__init__(cfg, num_classes, class_weights)
+    ema_p: float = Field(0.999, ge=0, lt=1)
+    """Decay of the self-adaptive threshold statistics."""
+    lambda_ent: float = Field(0.001, ge=0, le=1e4)
+    """Weight of the self-adaptive fairness term (0.001 as USB's FreeMatch configs)."""
+
+
+class FreeMatchOptions(SelfAdaptiveOptions):
+    """FreeMatch (USB's defaults)."""
+
+
+@register_algorithm("freematch", FreeMatchOptions)
+class FreeMatch(FixMatch):
+    def __init__(self, cfg: SelfAdaptiveOptions, context: AlgorithmContext) -> None:
+        super().__init__(cfg, context)
+        num_classes = context.num_classes
         uniform = torch.full((num_classes,), 1.0 / num_classes)
         self.register_buffer("global_confidence", torch.tensor(1.0 / num_classes))
         self.register_buffer("class_confidence", uniform.clone())
@@ -132,4 +155,4 @@ class FreeMatch(FixMatch):
         }
 
 
-__all__ = ["FreeMatch", "fairness_loss", "freematch_update", "self_adaptive_mask"]
+__all__ = ["FreeMatch", "FreeMatchOptions", "SelfAdaptiveOptions", "fairness_loss", "freematch_update", "self_adaptive_mask"]

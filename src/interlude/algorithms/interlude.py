@@ -6,9 +6,19 @@ batch layout (:mod:`interlude.data.layout`); this module adds the delta-consiste
 
 from __future__ import annotations
 
-import torch
+from typing import Literal
 
-from interlude.algorithms.base import Batch, Metrics, ViewLogits
+import torch
+from pydantic import Field
+
+from interlude.algorithms.base import (
+    AlgorithmOptions,
+    Batch,
+    Metrics,
+    PseudoLabelOptions,
+    ViewLogits,
+    register_algorithm,
+)
 from interlude.algorithms.fixmatch import FixMatch
 
 
@@ -72,6 +82,21 @@ def dc_loss_class_dependent(
     return (squared * matched_rows[:, None]).mean()
 
 
+class DeltaConsistencyOptions(AlgorithmOptions):
+    """InterLUDE's options, shared by every algorithm with the DeltaConsistency mixin."""
+
+    lambda_dc: float = Field(1.0, ge=0, le=1e4)
+    """Weight of the delta-consistency loss (0 = off)."""
+    dc_variant: Literal["avg", "cd", "cd_authors"] = "avg"
+    """DC loss: `avg` over all paired unlabeled; `cd` only over those whose pseudo-label equals the
+    label (per-row mask); `cd_authors` reproduces the authors' scalar-scaled cd."""
+    fusion_strength: float = Field(0.1, ge=0, lt=1)
+    """Embedding fusion alpha (0 = off)."""
+    fusion_at_eval: bool = False
+    """Reproduce the authors' code, which also fuses at evaluation (predictions then depend on
+    batch)."""
+
+
 class DeltaConsistency:
     """Mixin adding InterLUDE's parts to a pseudo-label algorithm: all four views forwarded,
     embedding fusion on, and ``lambda_dc * L_DC`` added to the base loss.
@@ -81,6 +106,14 @@ class DeltaConsistency:
 
     views = ("lw", "uw", "ls", "us")
     uses_fusion = True
+
+    @property
+    def fusion_strength(self) -> float:
+        return self.cfg.fusion_strength
+
+    @property
+    def fusion_at_eval(self) -> bool:
+        return self.cfg.fusion_at_eval
 
     def delta_consistency(self, logits: ViewLogits, labels: torch.Tensor) -> torch.Tensor:
         mu = logits.uw.shape[0] // logits.lw.shape[0]
@@ -101,5 +134,10 @@ class DeltaConsistency:
         return loss, metrics
 
 
+class InterLUDEOptions(DeltaConsistencyOptions, PseudoLabelOptions):
+    """InterLUDE: FixMatch plus embedding fusion and the delta-consistency loss."""
+
+
+@register_algorithm("interlude", InterLUDEOptions)
 class InterLUDE(DeltaConsistency, FixMatch):
-    name = "interlude"
+    """L = L_sup + lambda_u L_unsup + lambda_dc L_DC, with embedding fusion (FixMatch base)."""

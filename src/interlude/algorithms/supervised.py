@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from interlude.algorithms.base import Algorithm, Batch, Metrics, ViewLogits
+from interlude.algorithms.base import (
+    Algorithm,
+    AlgorithmOptions,
+    Batch,
+    Metrics,
+    ViewLogits,
+    register_algorithm,
+)
 
 
 def supervised_loss(
@@ -25,8 +32,12 @@ def supervised_loss(
     return (w * per_item).sum() / w.sum()
 
 
+class SupervisedOptions(AlgorithmOptions):
+    """The supervised baseline has no options of its own."""
+
+
+@register_algorithm("supervised", SupervisedOptions)
 class Supervised(Algorithm):
-    name = "supervised"
     views = ("lw",)
 
     def loss(self, logits: ViewLogits, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:

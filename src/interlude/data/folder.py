@@ -391,13 +391,28 @@ def _choose_grayscale(forced: bool | None, default: bool | None,
     return all(d.gray for d in decoded)
 
 
-@register_dataset("imagefolder")
+class FolderOptions(DataConfig):
+    """Options of datasets read from class folders (imagefolder, tmed2)."""
+
+    labeled_dir: str | None = None
+    """imagefolder: folder of `<class>/<image>` labeled images."""
+    unlabeled_dir: str | None = None
+    """imagefolder: folder of unlabeled images (any nesting)."""
+    val_dir: str | None = None
+    """imagefolder: optional labeled validation folder."""
+    test_dir: str | None = None
+    """imagefolder: optional labeled test folder."""
+    grayscale: bool | None = None
+    """imagefolder: force 1-channel (True) or 3-channel (False) images; None infers from the files."""
+
+
+@register_dataset("imagefolder", FolderOptions)
 def load_imagefolder(cfg: DataConfig) -> RawDataset:
     """Your own images: class subfolders in ``data.labeled_dir`` plus ``data.unlabeled_dir``."""
     return load_image_folders(cfg, "imagefolder")
 
 
-@register_dataset("tmed2")
+@register_dataset("tmed2", FolderOptions)
 def load_tmed2(cfg: DataConfig) -> RawDataset:
     """TMED-2 view classification (PLAX, PSAX, A4C, A2C) from class folders.
 

@@ -1,47 +1,25 @@
-"""Dataset registry: name -> loader ``(DataConfig) -> RawDataset``."""
+"""Dataset registry: ``data.name`` -> loader ``(options) -> RawDataset``.
+
+A dataset format registers its loader and its options class (a :class:`DataConfig` subclass
+holding the keys only it reads) with ``@register_dataset(name, Options, default_arch=...)`` in
+its own module; ``interlude/data/__init__.py`` imports every loader module.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from interlude.config import DataConfig
+from interlude.config import DATASETS, DataConfig, register_dataset
 from interlude.data.base import RawDataset
 from interlude.errors import DataError
 
-Loader = Callable[[DataConfig], RawDataset]
-_LOADERS: dict[str, Loader] = {}
-
-
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    def wrap(fn: Loader) -> Loader:
-        _LOADERS[name] = fn
-        return fn
-
-    return wrap
+__all__ = ["dataset_names", "load_raw", "register_dataset"]
 
 
 def dataset_names() -> list[str]:
-    _import_builtin_loaders()
-    return sorted(_LOADERS)
+    return sorted(DATASETS.names())
 
 
 def load_raw(cfg: DataConfig) -> RawDataset:
     """Run the loader registered for ``cfg.name``."""
-    _import_builtin_loaders()
-    if cfg.name not in _LOADERS:
-        raise DataError(
-            f"unknown dataset '{cfg.name}'. Available: {', '.join(sorted(_LOADERS))}"
-        )
-    return _LOADERS[cfg.name](cfg)
-
-
-def _import_builtin_loaders() -> None:
-    """Import modules whose loaders register themselves (kept lazy to keep `import` fast)."""
-    import importlib
-
-    for module in ("builtin", "standard", "folder"):
-        try:
-            importlib.import_module(f"interlude.data.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"interlude.data.{module}":
-                raise
+    if cfg.name not in DATASETS:
+        raise DataError(f"unknown dataset '{cfg.name}'. Available: {', '.join(dataset_names())}")
+    return DATASETS.get(cfg.name).target(cfg)

@@ -86,7 +86,9 @@ def _locate(cfg: DataConfig, dataset: str, files: list[str]) -> Path:
     if found is not None:
         return found
     if cfg.download:
-        _download(dataset, _download_root(data_dir, dataset), extra=cfg.svhn_extra)
+        # only SVHN's options have svhn_extra
+        _download(dataset, _download_root(data_dir, dataset),
+                  extra=bool(getattr(cfg, "svhn_extra", False)))
         found = _find(data_dir, dataset, files)
         if found is not None:
             return found
@@ -252,7 +254,7 @@ def _stack(sets: list[ImageSet]) -> ImageSet:
     )
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", default_arch="wrn28_2")
 def load_cifar10(cfg: DataConfig) -> RawDataset:
     """CIFAR-10 python version: 50k train (5 batches) and 10k test images, 32x32 RGB."""
     train_files = [f"data_batch_{i}" for i in range(1, 6)]
@@ -268,7 +270,7 @@ def load_cifar10(cfg: DataConfig) -> RawDataset:
     )
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", default_arch="wrn28_8")
 def load_cifar100(cfg: DataConfig) -> RawDataset:
     """CIFAR-100 python version with its 100 fine labels."""
     root = _locate(cfg, "cifar100", ["train", "test", "meta"])
@@ -362,8 +364,15 @@ def _stl_unlabeled(path: Path, cfg: DataConfig) -> Any:
     return open_cached(cache, spec, build, check).images
 
 
-@register_dataset("stl10")
-def load_stl10(cfg: DataConfig) -> RawDataset:
+class STL10Options(DataConfig):
+    """Options of STL-10."""
+
+    use_unlabeled_extra: bool = True
+    """STL-10: include the 100k `unlabeled` split in the unlabeled pool."""
+
+
+@register_dataset("stl10", STL10Options, default_arch="wrn37_2")
+def load_stl10(cfg: STL10Options) -> RawDataset:
     """STL-10 binary version: 5k labeled train, 8k test and (optionally) 100k unlabeled, 96x96.
 
     The unlabeled split (2.8 GB) stays on disk (the image cache, or a memory map), never read
@@ -481,8 +490,16 @@ def _svhn_extra(path: Path, cfg: DataConfig) -> Any:
     return open_cached(cache, spec, build, check).images
 
 
-@register_dataset("svhn")
-def load_svhn(cfg: DataConfig) -> RawDataset:
+class SVHNOptions(DataConfig):
+    """Options of SVHN."""
+
+    svhn_extra: bool = False
+    """SVHN: add the 531k `extra` images (`extra_32x32.mat`) to the unlabeled pool, as FixMatch/USB
+    do."""
+
+
+@register_dataset("svhn", SVHNOptions, default_arch="wrn28_2")
+def load_svhn(cfg: SVHNOptions) -> RawDataset:
     """SVHN format 2 (cropped digits): 73,257 train and 26,032 test images, 32x32 RGB.
 
     ``data.svhn_extra=true`` adds the 531,131 ``extra`` images to the unlabeled pool (their

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import nn
 
-from interlude.config import ModelConfig, is_timm_backbone
+from interlude.config import BACKBONES, DATASETS, ModelConfig
 from interlude.errors import ConfigError
+from interlude.nets import small_cnn, timm_net, wrn  # noqa: F401  (imported to register)
 from interlude.nets.fusion import EmbeddingFusion, fuse_with_next
 from interlude.nets.small_cnn import SmallCNN
 from interlude.nets.wrn import WideResNet, wrn28_2, wrn28_8, wrn37_2
@@ -23,32 +22,20 @@ __all__ = [
     "pretrained_inputs",
     "resolve_arch",
     "fuse_with_next",
+    "wrn28_2",
+    "wrn28_8",
+    "wrn37_2",
 ]
-
-_CNN_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "wrn28_2": wrn28_2,
-    "wrn28_8": wrn28_8,
-    "wrn37_2": wrn37_2,
-}
-
-_DEFAULT_ARCH = {
-    "digits": "small_cnn",
-    "mnist5k": "small_cnn",
-    "cifar10": "wrn28_2",
-    "cifar100": "wrn28_8",
-    "svhn": "wrn28_2",
-    "stl10": "wrn37_2",
-}
 
 
 def arch_names() -> list[str]:
-    return ["small_cnn", *_CNN_BUILDERS, "timm/<any timm model>"]
+    return BACKBONES.selector_values()
 
 
 def pretrained_inputs(cfg: ModelConfig):
     """Input size, resize filter and mean/std of the pretrained weights ``cfg`` asks for (a
     :class:`~interlude.nets.timm_net.Inputs`), or None (random init or a built-in net)."""
-    if cfg.pretrained is False or not is_timm_backbone(cfg.arch):
+    if cfg.pretrained is False or not type(cfg).has_pretrained_weights:
         return None
     from interlude.nets.timm_net import pretrained_inputs as lookup
 
@@ -56,12 +43,13 @@ def pretrained_inputs(cfg: ModelConfig):
 
 
 def resolve_arch(arch: str, dataset: str, resolution: int) -> str:
-    """``arch`` itself, or for ``auto`` the network the dataset is benchmarked with (by size
-    for other data). Called once, when a run's config is resolved against its data."""
+    """``arch`` itself, or for ``auto`` the network the dataset registered as its default (by
+    size for other data). Called once, when a run's config is resolved against its data."""
     if arch != "auto":
         return arch
-    if dataset in _DEFAULT_ARCH:
-        return _DEFAULT_ARCH[dataset]
+    default = DATASETS.get(dataset).info.get("default_arch") if dataset in DATASETS else None
+    if default is not None:
+        return default
     return "small_cnn" if resolution <= 28 else "wrn28_2"
 
 
@@ -80,16 +68,10 @@ def build_net(
     every inference path builds with the default (off), so no caller patches it afterwards.
     """
     arch = resolve_arch(cfg.arch, dataset, resolution)
-    if arch == "small_cnn":
-        model = SmallCNN(num_classes, in_channels, cfg.width, cfg.fusion_layer)
-    elif arch in _CNN_BUILDERS:
-        model = _CNN_BUILDERS[arch](num_classes, in_channels, cfg.fusion_layer)
-    elif is_timm_backbone(arch):
-        from interlude.nets.timm_net import build_timm_net  # timm is imported only when used
-
-        model = build_timm_net(arch, cfg, num_classes, in_channels, resolution)
-    else:
+    family = BACKBONES.selecting(arch)
+    if family is None:
         raise ConfigError(f"unknown model.arch '{arch}'. Available: {', '.join(arch_names())}")
+    model = family.target(arch, cfg, num_classes, in_channels, resolution)
     model.fusion.strength = float(fusion_strength)
     model.fusion.at_eval = bool(fusion_at_eval)
     return model

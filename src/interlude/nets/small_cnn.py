@@ -6,8 +6,10 @@ default fusion point (before the last group) sits on a spatial feature map, as i
 
 from __future__ import annotations
 
+from pydantic import Field
 from torch import nn
 
+from interlude.config import ModelConfig, register_backbone
 from interlude.nets.staged import StagedNet
 from interlude.nets.wrn import LEAKY_SLOPE, init_weights
 
@@ -38,3 +40,16 @@ class SmallCNN(StagedNet):
         ]
         super().__init__(stem, groups, nn.Identity(), 4 * w, num_classes, fusion_layer)
         init_weights(self)
+
+
+class SmallCNNOptions(ModelConfig):
+    """Options of the small CNN."""
+
+    width: int = Field(32, ge=1, le=4096)
+    """small_cnn: channels of the first conv block."""
+
+
+@register_backbone("small_cnn", SmallCNNOptions, archs=("small_cnn",))
+def build_small_cnn(arch: str, cfg: SmallCNNOptions, num_classes: int, in_channels: int,
+                    resolution: int) -> SmallCNN:
+    return SmallCNN(num_classes, in_channels, cfg.width, cfg.fusion_layer)

@@ -17,11 +17,6 @@ Face hub, cached under its cache folder); ``model.pretrained=PATH`` hands a loca
 own loader (``pretrained_cfg_overlay=dict(file=PATH)``), so the model's own checkpoint filter
 resizes position embeddings to the image size, adapts the input channels, and the classifier head
 of the file is dropped (a new one is trained). Nothing else is ever downloaded.
-
-**Earlier ViT names.** ``vit_tiny|small|base[_patchP]`` were a hand-written ViT with timm's
-parameter names and outputs; they now build timm's ViT of that size (patch 2 up to 32 px, else 16
-unless named; stochastic depth 0.1 / 0.2 / 0.2 as USB), so their checkpoints still load. Their
-preprocessing does not follow timm's pretrained config (their weights were USB's or the user's).
 """
 
 from __future__ import annotations
@@ -37,13 +32,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from interlude.config import LEGACY_VIT, TIMM_PREFIX, ModelConfig
+from pydantic import Field
+
+from interlude.config import ModelConfig, register_backbone
 from interlude.errors import ConfigError
 from interlude.nets.fusion import EmbeddingFusion
 
 log = logging.getLogger("interlude")
 
-LEGACY_DROP_PATH = {"vit_tiny": 0.1, "vit_small": 0.2, "vit_base": 0.2}
+TIMM_PREFIX = "timm/"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _TIMM_LOADER_LOG = "timm.models._builder"
 
@@ -58,34 +55,26 @@ class Inputs:
     std: tuple[float, ...]
 
 
-def timm_name(arch: str, cfg: ModelConfig, resolution: int) -> tuple[str, dict[str, Any]]:
+class TimmOptions(ModelConfig):
+    """Options of timm backbones (``model.arch=timm/<name>``)."""
+
+    has_pretrained_weights = True
+
+    patch_size: int | None = Field(None, ge=1, le=1024)
+    """timm ViTs: patch size (2 for ViT-S/2 at 32 px); None = the model's own."""
+    drop_path_rate: float | None = Field(None, ge=0, lt=1)
+    """timm backbones: stochastic depth rate (training only); None = the model's default."""
+
+
+def timm_name(arch: str, cfg: TimmOptions, resolution: int) -> tuple[str, dict[str, Any]]:
     """timm's model name for ``arch`` and the keyword arguments the config adds (patch, drop path)."""
     kwargs: dict[str, Any] = {}
-    legacy = LEGACY_VIT.fullmatch(arch)
-    if legacy is not None:
-        size, patch = legacy.group(1), legacy.group(2)
-        name = f"{size}_patch16_224"
-        kwargs["patch_size"] = int(patch) if patch else legacy_patch(resolution)
-        kwargs["drop_path_rate"] = LEGACY_DROP_PATH[size]
-    else:
-        name = arch.removeprefix(TIMM_PREFIX)
+    name = arch.removeprefix(TIMM_PREFIX)
     if cfg.patch_size is not None:
         kwargs["patch_size"] = cfg.patch_size
     if cfg.drop_path_rate is not None:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     return name, kwargs
-
-
-def legacy_patch(resolution: int) -> int:
-    """Patch of an unnamed earlier ViT: 2 up to 32 px, else 16; the largest divisor below that
-    if it does not divide the image size."""
-    preferred = 2 if resolution <= 32 else 16
-    patch = max(p for p in range(1, preferred + 1) if resolution % p == 0)
-    if patch != preferred:
-        log.warning("ViT: image size %d is not a multiple of %d; using patch %d. Set "
-                    "model.patch_size or data.resolution to choose otherwise.",
-                    resolution, preferred, patch)
-    return patch
 
 
 def _check_name(name: str) -> None:
@@ -120,7 +109,8 @@ def pretrained_inputs(cfg: ModelConfig) -> Inputs | None:
                   tuple(pretrained.std))
 
 
-def build_timm_net(arch: str, cfg: ModelConfig, num_classes: int, in_channels: int,
+@register_backbone("timm", TimmOptions, prefix=TIMM_PREFIX, example="resnet18")
+def build_timm_net(arch: str, cfg: TimmOptions, num_classes: int, in_channels: int,
                    resolution: int) -> nn.Module:
     """The timm model ``arch`` for ``resolution`` px images, weights per ``cfg.pretrained``, with
     ``model.fusion`` hooked before the stage/block ``cfg.fusion_layer``."""

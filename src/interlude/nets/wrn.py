@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from interlude.config import ModelConfig, register_backbone
 from interlude.nets.fusion import EmbeddingFusion
 from interlude.nets.staged import StagedNet
 
@@ -130,3 +131,12 @@ def wrn37_2(num_classes: int, in_channels: int = 3, fusion_layer: int = -1) -> W
 
 
 __all__ = ["EmbeddingFusion", "WideResNet", "wrn28_2", "wrn28_8", "wrn37_2"]
+
+
+_WRN = {"wrn28_2": wrn28_2, "wrn28_8": wrn28_8, "wrn37_2": wrn37_2}
+
+
+@register_backbone("wrn", archs=tuple(_WRN))
+def build_wrn(arch: str, cfg: ModelConfig, num_classes: int, in_channels: int,
+              resolution: int) -> WideResNet:
+    return _WRN[arch](num_classes, in_channels, cfg.fusion_layer)

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from interlude.algorithms import build_algorithm
+from interlude.algorithms import AlgorithmContext, build_algorithm
 from interlude.artifact import Checkpoint, RunMeta, interlude_weights, write_atomic
-from interlude.config import Config, diff, is_timm_backbone
+from interlude.config import Config, diff, replaced
 from interlude.data import SSLData, build_data
 from interlude.errors import CheckpointError, ConfigError, InterludeError
 from interlude.files import parse_json
@@ -112,7 +112,9 @@ def resolve_inputs(cfg: Config) -> Config:
 def resolve_config(cfg: Config, data: SSLData) -> Config:
     """A copy of ``cfg`` with what depends on the data decided (``model.arch=auto``)."""
     resolved = copy.deepcopy(cfg)
-    resolved.model.arch = resolve_arch(cfg.model.arch, cfg.data.name, data.image_shape[1])
+    # the resolved arch's own options class (auto holds every built-in network's options)
+    resolved.model = replaced(cfg.model, arch=resolve_arch(cfg.model.arch, cfg.data.name,
+                                                           data.image_shape[1]))
     return resolved
 
 
@@ -148,14 +150,13 @@ def _assemble(cfg: Config, data: SSLData, run_dir: RunDir | Path, dist: DistCont
     device = resolve_device(cfg.train.device, dist)
     torch.manual_seed(cfg.train.seed)
     weights = class_weights_for(data) if cfg.data.class_weighted_loss else None
-    algorithm = build_algorithm(
-        cfg.algorithm, data.num_classes, weights, num_unlabeled=len(data.unlabeled)
-    )
+    context = AlgorithmContext(data.num_classes, len(data.unlabeled), weights)
+    algorithm = build_algorithm(cfg.algorithm, context)
     channels, height, _ = data.image_shape
-    model_cfg = cfg.model if pretrained else dataclasses.replace(cfg.model, pretrained=False)
+    model_cfg = cfg.model if pretrained else cfg.model.model_copy(update={"pretrained": False})
     model = build_net(model_cfg, data.num_classes, channels, height, cfg.data.name,
                       fusion_strength=algorithm.fusion_strength,
-                      fusion_at_eval=cfg.algorithm.fusion_at_eval)
+                      fusion_at_eval=algorithm.fusion_at_eval)
     return Trainer(cfg, data, model, algorithm, run_dir, device, dist)
 
 
@@ -234,7 +235,7 @@ def _previous_run_weights(cfg: Config, data: SSLData) -> Checkpoint | None:
         return None
     weights = interlude_weights(source)
     if weights is None:
-        if not is_timm_backbone(cfg.model.arch):
+        if not type(cfg.model).has_pretrained_weights:
             raise ConfigError(
                 f"model.pretrained={source} is not an interlude run, checkpoint or export; "
                 f"model.arch={cfg.model.arch} starts only from those (or model.pretrained=false)")
