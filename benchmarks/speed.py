@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interlude.algorithms import build_algorithm
+from interlude.algorithms import AlgorithmContext, build_algorithm
 from interlude.algorithms.fixmatch import FixMatch
 from interlude.algorithms.interlude import dc_loss_avg
 from interlude.config import load_config
@@ -102,7 +102,7 @@ def make_trainer(
     ])
     trainer = build_trainer(cfg, run_dir, data=data)
     if name == "fixmatch4":  # the same net (FixMatch has no fusion), four views in natural order
-        algorithm = FixMatch4(trainer.cfg.algorithm, data.num_classes)
+        algorithm = FixMatch4(trainer.cfg.algorithm, AlgorithmContext(data.num_classes))
         trainer = Trainer(trainer.cfg, data, trainer.model, algorithm, run_dir, trainer.device)
         _natural_layout(trainer)
     return trainer
@@ -121,8 +121,8 @@ def available(name: str) -> bool:
     if name == "fixmatch4":
         return True
     try:
-        build_algorithm(load_config(None, [f"algorithm.name={name}"]).algorithm, CLASSES,
-                        num_unlabeled=10)
+        build_algorithm(load_config(None, [f"algorithm.name={name}"]).algorithm,
+                        AlgorithmContext(CLASSES, num_unlabeled=10))
     except Exception:  # not installed yet (algorithm modules are imported on demand)
         return False
     return True

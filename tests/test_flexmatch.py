@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interlude.algorithms import Batch, ViewLogits, build_algorithm
+from interlude.algorithms import AlgorithmContext, Batch, ViewLogits, build_algorithm
 from interlude.algorithms.flexmatch import (
     class_learning_effect,
     flexible_thresholds,
     remember_confident,
 )
-from interlude.config import AlgorithmConfig
+from interlude.config import section_options
 
 # 6 unlabeled images: 3 never confidently predicted, 2 assigned to class 0, 1 to class 1
 SELECTED = torch.tensor([-1, 0, 0, 1, -1, -1])
@@ -40,7 +40,7 @@ def _logits(probs):
 
 
 def test_masking_then_memory_update():
-    algo = build_algorithm(AlgorithmConfig(name="flexmatch"), 2, num_unlabeled=6)
+    algo = build_algorithm(section_options("algorithm", name="flexmatch"), AlgorithmContext(2, 6))
     algo.selected_label.copy_(SELECTED)
     uw = _logits([[0.5, 0.5 - 1e-6], [0.04, 0.96]])  # .5 >= .475 (class 0); .96 (class 1)
     logits = ViewLogits(lw=torch.zeros(1, 2), uw=uw, us=torch.zeros(2, 2))
@@ -64,10 +64,10 @@ def test_duplicate_image_in_a_step_keeps_the_confident_prediction():
 
 
 def test_state_dict_round_trip_gives_identical_outputs():
-    cfg = AlgorithmConfig(name="flexmatch")
-    first = build_algorithm(cfg, 2, num_unlabeled=6)
+    cfg = section_options("algorithm", name="flexmatch")
+    first = build_algorithm(cfg, AlgorithmContext(2, 6))
     first.selected_label.copy_(SELECTED)
-    second = build_algorithm(cfg, 2, num_unlabeled=6)
+    second = build_algorithm(cfg, AlgorithmContext(2, 6))
     second.load_state_dict(first.state_dict())
     assert torch.equal(second.selected_label, SELECTED)
     torch.manual_seed(0)
@@ -83,7 +83,7 @@ def test_state_dict_round_trip_gives_identical_outputs():
 
 
 def test_no_indices_is_a_clear_error():
-    algo = build_algorithm(AlgorithmConfig(name="flexmatch"), 2, num_unlabeled=6)
+    algo = build_algorithm(section_options("algorithm", name="flexmatch"), AlgorithmContext(2, 6))
     logits = ViewLogits(lw=torch.zeros(1, 2), uw=torch.zeros(2, 2), us=torch.zeros(2, 2))
     with pytest.raises(ValueError, match="unlabeled indices"):
         algo.loss(logits, Batch(labels=torch.tensor([0])), step=0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interlude.algorithms import Batch, ViewLogits, build_algorithm
+from interlude.algorithms import AlgorithmContext, Batch, ViewLogits, build_algorithm
 from interlude.algorithms.freematch import fairness_loss, freematch_update, self_adaptive_mask
-from interlude.config import AlgorithmConfig
+from interlude.config import section_options
 
 # weak-view probabilities of 3 unlabeled rows, K = 3
 PROBS = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.34, 0.33, 0.33]])
@@ -37,7 +37,7 @@ def test_self_adaptive_mask_uses_class_scaled_threshold():
 
 
 def test_algorithm_updates_state_before_masking():
-    algo = build_algorithm(AlgorithmConfig(name="freematch", ema_p=0.9), num_classes=3)
+    algo = build_algorithm(section_options("algorithm", name="freematch", ema_p=0.9), AlgorithmContext(3))
     logits = ViewLogits(lw=torch.zeros(1, 3), uw=PROBS.log(), us=torch.zeros(3, 3))
     _, metrics = algo.loss(logits, Batch(labels=torch.tensor([0])), step=0)
     assert algo.global_confidence.item() == pytest.approx(0.3513333, abs=1e-6)
@@ -64,7 +64,7 @@ def test_fairness_hand_computed_single_masked_row():
 
 @pytest.mark.parametrize("name", ["freematch", "interlude_plus"])
 def test_empty_mask_whole_loss_is_finite(name):
-    algo = build_algorithm(AlgorithmConfig(name=name, ema_p=0.9), num_classes=3)
+    algo = build_algorithm(section_options("algorithm", name=name, ema_p=0.9), AlgorithmContext(3))
     algo.global_confidence.fill_(2.0)  # tau stays > 1 after this step: nothing is confident
     us = torch.randn(3, 3, requires_grad=True)
     lw = torch.randn(1, 3, requires_grad=True)
@@ -77,8 +77,8 @@ def test_empty_mask_whole_loss_is_finite(name):
 
 @pytest.mark.parametrize("name", ["freematch", "interlude_plus"])
 def test_state_dict_round_trip_restores_thresholds(name):
-    cfg = AlgorithmConfig(name=name, ema_p=0.9)
-    first, second = build_algorithm(cfg, 3), build_algorithm(cfg, 3)
+    cfg = section_options("algorithm", name=name, ema_p=0.9)
+    first, second = build_algorithm(cfg, AlgorithmContext(3)), build_algorithm(cfg, AlgorithmContext(3))
     logits = ViewLogits(lw=torch.zeros(1, 3), uw=PROBS.log(), ls=torch.zeros(1, 3),
                         us=torch.randn(3, 3))
     for _ in range(3):
@@ -91,7 +91,7 @@ def test_state_dict_round_trip_restores_thresholds(name):
 
 
 def test_interlude_plus_adds_dc_and_fusion():
-    algo = build_algorithm(AlgorithmConfig(name="interlude_plus"), 3)
+    algo = build_algorithm(section_options("algorithm", name="interlude_plus"), AlgorithmContext(3))
     assert algo.views == ("lw", "uw", "ls", "us") and algo.fusion_strength == 0.1
     logits = ViewLogits(lw=torch.randn(1, 3), uw=torch.randn(3, 3), ls=torch.randn(1, 3),
                         us=torch.randn(3, 3))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interlude.config import ModelConfig
+from interlude.config import section_options
 from interlude.nets import EmbeddingFusion, build_net, fuse_with_next
 
 
@@ -33,7 +33,7 @@ def test_fusion_module_active_only_in_training():
 @pytest.mark.parametrize("arch,shape", [("small_cnn", (1, 8, 8)), ("wrn28_2", (3, 32, 32))])
 def test_eval_prediction_independent_of_batch_companions(arch, shape):
     torch.manual_seed(0)
-    model = build_net(ModelConfig(arch=arch, width=8), 10, shape[0], shape[1])
+    model = build_net(section_options("model", arch=arch, width=8), 10, shape[0], shape[1])
     model.fusion.strength = 0.3
     target = torch.randn(1, *shape)
     batch_a = torch.cat([target, torch.randn(5, *shape)])
@@ -53,7 +53,7 @@ def test_eval_prediction_independent_of_batch_companions(arch, shape):
 
 
 def test_fusion_point_is_before_last_group_by_default():
-    model = build_net(ModelConfig(arch="wrn28_2"), 10, 3, 32)
+    model = build_net(section_options("model", arch="wrn28_2"), 10, 3, 32)
     assert model.fusion_index == len(model.groups) - 1
-    model = build_net(ModelConfig(arch="wrn37_2"), 10, 3, 96)
+    model = build_net(section_options("model", arch="wrn37_2"), 10, 3, 96)
     assert model.fusion_index == 3

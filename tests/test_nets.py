@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interlude.config import ModelConfig
+from interlude.config import section_options
 from interlude.nets import build_net
 from interlude.nets.wrn import blocks_per_group
 
@@ -41,7 +41,7 @@ def wrn_params_by_hand(widen: int, num_groups: int, num_classes: int, in_ch: int
     ],
 )
 def test_wrn_parameter_counts(arch, resolution, num_classes, expected):
-    model = build_net(ModelConfig(arch=arch), num_classes, 3, resolution)
+    model = build_net(section_options("model", arch=arch), num_classes, 3, resolution)
     assert n_params(model) == expected
 
 
@@ -49,13 +49,13 @@ def test_wrn_parameter_counts(arch, resolution, num_classes, expected):
     ("arch", "widen", "groups"), [("wrn28_2", 2, 3), ("wrn28_8", 8, 3), ("wrn37_2", 2, 4)]
 )
 def test_wrn_counts_match_layer_shapes(arch, widen, groups):
-    model = build_net(ModelConfig(arch=arch), 10, 3, 32)
+    model = build_net(section_options("model", arch=arch), 10, 3, 32)
     assert [len(g) for g in model.groups] == [4] * groups
     assert n_params(model) == wrn_params_by_hand(widen, groups, 10)
 
 
 def test_wrn37_2_structure_and_fusion_point():
-    model = build_net(ModelConfig(arch="wrn37_2"), 10, 3, 96)
+    model = build_net(section_options("model", arch="wrn37_2"), 10, 3, 96)
     assert model.feature_dim == 256
     assert model.fusion_index == 3  # before the 4th (last) group, as in the authors' code
     seen = {}
@@ -74,7 +74,7 @@ def test_wrn37_2_structure_and_fusion_point():
     assert out.shape == (2, 10)
     assert seen["fusion"] == (2, 128, 12, 12)  # after 3 stride-2 groups: 96 -> 12
     assert seen["head"] == (2, 256, 6, 6)
-    other = build_net(ModelConfig(arch="wrn37_2", fusion_layer=1), 10, 3, 96)
+    other = build_net(section_options("model", arch="wrn37_2", fusion_layer=1), 10, 3, 96)
     assert other.fusion_index == 1
 
 
@@ -103,5 +103,5 @@ def test_small_cnn_parameter_count():
         + k
     )
     assert expected == 288_170
-    model = build_net(ModelConfig(arch="small_cnn"), k, 1, 28)
+    model = build_net(section_options("model", arch="small_cnn"), k, 1, 28)
     assert n_params(model) == expected

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from interlude.config import ModelConfig, TrainConfig
+from interlude.config import TrainConfig, section_options
 from interlude.errors import ConfigError
 from interlude.nets import SmallCNN, build_net
 from interlude.train.ema import ModelEMA
@@ -72,7 +72,7 @@ def test_ema_matches_per_tensor_reference_and_copies_buffers():
 
 def tiny_vit():
     torch.manual_seed(0)
-    return build_net(ModelConfig(arch="timm/vit_tiny_patch16_224", patch_size=2), 10, 3, 8)
+    return build_net(section_options("model", arch="timm/vit_tiny_patch16_224", patch_size=2), 10, 3, 8)
 
 
 def test_vit_layer_decay_groups_from_timm():

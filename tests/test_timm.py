@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 
 import interlude
 from interlude import InterLUDEClassifier
-from interlude.config import ModelConfig, load_config
+from interlude.config import load_config, section_options
 from interlude.errors import ConfigError
 from interlude.export import export_run
 from interlude.nets import build_net
@@ -33,7 +33,7 @@ def net(arch, side, channels=3, num_classes=10, seed=0, **kwargs):
     torch.manual_seed(seed)
     if arch.startswith("timm/vit"):
         kwargs.setdefault("patch_size", 2)
-    return build_net(ModelConfig(arch=arch, **kwargs), num_classes, channels, side)
+    return build_net(section_options("model", arch=arch, **kwargs), num_classes, channels, side)
 
 
 def inputs_of(module):
@@ -103,11 +103,13 @@ def test_state_dict_names_are_timm_own():
     assert list(model.state_dict()) == list(plain.state_dict())
 
 
-def test_earlier_vit_names_build_timm_vits_that_load_their_checkpoints():
-    """`vit_tiny` was a hand-written ViT with exactly these tensor names: its checkpoints load."""
-    model = net("vit_tiny", 32)
+def test_earlier_vits_as_timm_names_load_their_checkpoints():
+    """`vit_tiny` (earlier versions) was a hand-written ViT with exactly these tensor names; it is
+    now written timm/vit_tiny_patch16_224 with patch 2 (at 32 px) and USB's drop path 0.1."""
+    model = net("timm/vit_tiny_patch16_224", 32, patch_size=2, drop_path_rate=0.1)
     assert model.patch_embed.patch_size == (2, 2) and model.pos_embed.shape == (1, 257, 192)
-    assert net("vit_small_patch4", 32).patch_embed.patch_size == (4, 4)
+    small = net("timm/vit_small_patch16_224", 32, patch_size=4, drop_path_rate=0.2)
+    assert small.patch_embed.patch_size == (4, 4)
     assert model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)  # USB's rate, last block
     per_block = ["norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"]
     old_names = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
@@ -225,7 +227,7 @@ def test_pretrained_backbone_decides_size_filter_and_normalisation():
                                              "data.std=[1,1,1]"]))
     assert (kept.data.resolution, kept.data.interpolation) == (64, "bicubic")  # resnet10t: 176
     assert kept.data.mean == [0.1, 0.2, 0.3]
-    for unchanged in (["model.arch=timm/resnet10t"], ["model.arch=vit_tiny",
+    for unchanged in (["model.arch=timm/resnet10t"], ["model.arch=wrn28_2",
                                                       "model.pretrained=w.pth"]):
         d = resolve_inputs(load_config(None, unchanged)).data
         assert (d.resolution, d.interpolation, d.mean, d.std) == (None, None, None, None)
@@ -260,12 +262,13 @@ def test_input_and_pretrained_keys_are_validated(overrides, message):
         load_config(None, overrides)
 
 
-def test_pretrained_accepts_true_false_path_and_the_old_null():
+def test_pretrained_accepts_true_false_and_a_path_not_null():
     def parsed(value):
         return load_config(None, ["model.arch=timm/resnet10t", f"model.pretrained={value}"]).model
     assert parsed("true").pretrained is True and parsed("false").pretrained is False
     assert parsed("weights/r.safetensors").pretrained == "weights/r.safetensors"
-    assert parsed("null").pretrained is False  # configs of earlier versions
+    with pytest.raises(ConfigError, match="model.pretrained=None is not allowed"):
+        parsed("null")  # earlier versions' spelling of false is gone
 
 
 # ----------------------------------------------------------------------------- training

@@ -145,7 +145,7 @@ def build_inference_net(model_cfg: ModelConfig, meta: RunMeta,
     """
     from interlude.nets import build_net
 
-    cfg = ModelConfig(**{**model_cfg.__dict__, "pretrained": False})
+    cfg = model_cfg.model_copy(update={"pretrained": False})
     channels, height, _ = meta.image_shape
 
     def network() -> nn.Module:

@@ -8,12 +8,12 @@ Options)``; importing every module here is what registers them (the config reads
 from __future__ import annotations
 
 from interlude.algorithms import (  # noqa: F401  (imported to register)
-    supervised,
     fixmatch,
-    interlude,
-    freematch,
     flexmatch,
+    freematch,
+    interlude,
     interlude_plus,
+    supervised,
 )
 from interlude.algorithms.base import (
     Algorithm,

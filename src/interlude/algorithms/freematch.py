@@ -21,7 +21,6 @@ max-probabilities, neither a quantile nor clipped.
 from __future__ import annotations
 
 import torch
-
 from pydantic import Field
 
 from interlude.algorithms.base import (
@@ -155,4 +154,5 @@ class FreeMatch(FixMatch):
         }
 
 
-__all__ = ["FreeMatch", "FreeMatchOptions", "SelfAdaptiveOptions", "fairness_loss", "freematch_update", "self_adaptive_mask"]
+__all__ = ["FreeMatch", "FreeMatchOptions", "SelfAdaptiveOptions", "fairness_loss",
+           "freematch_update", "self_adaptive_mask"]

@@ -200,12 +200,12 @@ def _section_class(section: str, values: dict[str, Any]) -> type[Options]:
     if section == "train":
         return TrainConfig
     if section == "algorithm":
-        return ALGORITHMS.get(_selected(section, "name", values.get("name", AlgorithmOptions.model_fields["name"].default))).options
+        name = values.get("name", AlgorithmOptions.model_fields["name"].default)
+        return ALGORITHMS.get(_selected(section, "name", name)).options
     if section == "data":
-        names = [values.get("name", DataConfig.model_fields["name"].default), *(values.get(k) for k in ("unlabeled_from",
-                                                                           "test_from"))]
         keys = ("name", "unlabeled_from", "test_from")
-        chosen = [_selected(section, k, n) for k, n in zip(keys, names, strict=True)
+        given = {k: values.get(k, DataConfig.model_fields[k].default) for k in keys}
+        chosen = [_selected(section, k, n) for k, n in given.items()
                   if n is not None and not (k != "name" and _is_none_text(n))]
         return _combined(tuple(dict.fromkeys(DATASETS.get(n).options for n in chosen)))
     arch = values.get("arch", ModelConfig.model_fields["arch"].default)

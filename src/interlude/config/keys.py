@@ -235,8 +235,10 @@ def rounding_keys() -> frozenset[str]:
     return frozenset(k for k, s in schema().items() if s.rounding)
 
 
-def _owner_note(spec: KeySpec) -> str:
-    return f"{', '.join(spec.owners)}: " if spec.owners else ""
+def _described(spec: KeySpec) -> str:
+    """The key's description, then which components read it (a component's own key)."""
+    return f"{spec.description} (used by {', '.join(spec.owners)})" if spec.owners else \
+        spec.description
 
 
 def key_lines() -> list[str]:
@@ -253,7 +255,7 @@ def key_lines() -> list[str]:
             facts.append("bookkeeping")
         if spec.rounding:
             facts.append("rounding only")
-        lines.append(f"{key} ({'; '.join(facts)}): {_owner_note(spec)}{spec.description}")
+        lines.append(f"{key} ({'; '.join(facts)}): {_described(spec)}")
     return lines
 
 
@@ -261,7 +263,7 @@ def config_reference_markdown() -> str:
     """The config reference table embedded in the README (kept in sync by a test)."""
     rows = ["| key | type | default | valid | meaning |", "|---|---|---|---|---|"]
     for key, spec in schema().items():
-        text = f"{_owner_note(spec)}{spec.description}".replace("|", "\\|")
+        text = _described(spec).replace("|", "\\|")
         type_text = type_name(spec.type).replace("|", " \\| ")
         what = REGISTRIES[spec.section].what if spec.section in REGISTRIES else ""
         default = (f"per {what}: {spec.default_text('`')}" if spec.defaults

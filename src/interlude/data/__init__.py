@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from interlude.config import DataConfig
-from interlude.data.base import UNLABELED, ImageSet, RawDataset, SSLData
 from interlude.data import arrays, builtin, folder, standard  # noqa: F401  (imported to register)
+from interlude.data.base import UNLABELED, ImageSet, RawDataset, SSLData
 from interlude.data.registry import dataset_names, load_raw, register_dataset
 from interlude.data.splits import build_ssl_data
 

@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from pydantic import Field
+from torch import nn
 
 from interlude.config import ModelConfig, register_backbone
 from interlude.errors import ConfigError

@@ -18,7 +18,6 @@ a failed start leaves the directory as it was.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import signal
