@@ -238,7 +238,8 @@ def test_lambda_ent_explicit_value_wins_and_saved_value_is_kept():
         load_config(None, ["algorithm.name=freematch", "algorithm.lambda_ent=none"])
 
 
-@pytest.mark.parametrize("algorithm", ["freematch", "interlude_plus"])
+@pytest.mark.parametrize("algorithm", [c.name for c in ALGORITHMS
+                                       if "lambda_ent" in c.options.model_fields])
 def test_fairness_algorithms_read_a_float(algorithm):
     from interlude.algorithms import AlgorithmContext, build_algorithm
 
@@ -340,3 +341,40 @@ def test_estimator_rejects_bad_values_before_training(tiny_digits, monkeypatch, 
     assert np.count_nonzero(y >= 0) == 10
     with pytest.raises(ValueError, match=f"^{key.replace('.', '[.]').replace('(', '[(]')}"):
         InterLUDEClassifier(**params, steps=2, verbose=0).fit(X, y)
+
+
+# ------------------------------------------------------------------ keys of other components
+def test_keys_of_another_component_are_checked_then_left_out(tmp_path):
+    """digits.yaml sets InterLUDE's keys; switching algorithm.name keeps it usable."""
+    cfg = load_config("configs/digits.yaml", ["algorithm.name=fixmatch"])
+    saved = cfg.to_dict()
+    assert "lambda_dc" not in saved["algorithm"] and "fusion_strength" not in saved["algorithm"]
+    assert set(saved["algorithm"]) == set(ALGORITHMS.get("fixmatch").options.model_fields)
+    assert config_from_dict(saved) == cfg
+    with pytest.raises(ConfigError, match=r"^algorithm.lambda_dc=-1.0 is out of range"):
+        load_config(None, ["algorithm.name=fixmatch", "algorithm.lambda_dc=-1"])
+    with pytest.raises(ConfigError, match="unknown config key 'algorithm.lambda_dd'.*lambda_dc"):
+        load_config(None, ["algorithm.name=fixmatch", "algorithm.lambda_dd=1"])
+    cifar = load_config(None, ["data.name=cifar10", "data.svhn_extra=true", "model.arch=wrn28_2",
+                               "model.width=8"])
+    assert "svhn_extra" not in cifar.to_dict()["data"] and "width" not in cifar.to_dict()["model"]
+    mixed = load_config(None, ["data.name=cifar10", "data.unlabeled_from=svhn",
+                               "data.svhn_extra=true"])
+    assert mixed.data.svhn_extra is True  # the unlabeled pool's format reads it
+    with pytest.raises(ConfigError, match="data.test_from='svhm' is not valid.*did you mean svhn"):
+        load_config(None, ["data.test_from=svhm"])
+
+
+def test_every_component_registers_options_of_its_section():
+    from interlude.config import BACKBONES, DATASETS
+
+    for registry, base in ((ALGORITHMS, "AlgorithmOptions"), (DATASETS, "DataConfig"),
+                           (BACKBONES, "ModelConfig")):
+        assert registry.names(), registry.what
+        for component in registry:
+            assert base in [c.__name__ for c in component.options.__mro__]
+            selected = [f"{registry.section}.{registry.selector}={component.example}"]
+            if registry is ALGORITHMS and not component.target.uses_unlabeled:
+                selected.append("train.mu=0")
+            cfg = load_config(None, selected)
+            assert isinstance(getattr(cfg, registry.section), component.options)

@@ -6,12 +6,19 @@ import pytest
 import torch
 
 from interlude.algorithms import AlgorithmContext, Batch, ViewLogits, build_algorithm
-from interlude.algorithms.freematch import fairness_loss, freematch_update, self_adaptive_mask
-from interlude.config import section_options
+from interlude.algorithms.freematch import (
+    SelfAdaptiveOptions,
+    fairness_loss,
+    freematch_update,
+    self_adaptive_mask,
+)
+from interlude.config import ALGORITHMS, section_options
 
 # weak-view probabilities of 3 unlabeled rows, K = 3
 PROBS = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.34, 0.33, 0.33]])
 THIRD = torch.full((3,), 1 / 3)
+SELF_ADAPTIVE = [c.name for c in ALGORITHMS if issubclass(c.options, SelfAdaptiveOptions)]
+
 
 
 def test_freematch_update_hand_computed():
@@ -62,7 +69,7 @@ def test_fairness_hand_computed_single_masked_row():
     assert loss.item() == pytest.approx(expected, rel=1e-4)
 
 
-@pytest.mark.parametrize("name", ["freematch", "interlude_plus"])
+@pytest.mark.parametrize("name", SELF_ADAPTIVE)
 def test_empty_mask_whole_loss_is_finite(name):
     algo = build_algorithm(section_options("algorithm", name=name, ema_p=0.9), AlgorithmContext(3))
     algo.global_confidence.fill_(2.0)  # tau stays > 1 after this step: nothing is confident
@@ -75,7 +82,7 @@ def test_empty_mask_whole_loss_is_finite(name):
     assert torch.isfinite(loss) and torch.isfinite(us.grad).all() and torch.isfinite(lw.grad).all()
 
 
-@pytest.mark.parametrize("name", ["freematch", "interlude_plus"])
+@pytest.mark.parametrize("name", SELF_ADAPTIVE)
 def test_state_dict_round_trip_restores_thresholds(name):
     cfg = section_options("algorithm", name=name, ema_p=0.9)
     first, second = build_algorithm(cfg, AlgorithmContext(3)), build_algorithm(cfg, AlgorithmContext(3))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from interlude.algorithms.supervised import Supervised
-from interlude.config import load_config
+from interlude.config import ALGORITHMS, load_config
 from interlude.errors import CheckpointError, TrainingDiverged
 from interlude.train import run
 
@@ -17,9 +17,7 @@ def checkpoint_tensors(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
 
 
-@pytest.mark.parametrize(
-    "algorithm", ["interlude", "fixmatch", "freematch", "flexmatch", "interlude_plus"]
-)
+@pytest.mark.parametrize("algorithm", [c.name for c in ALGORITHMS if c.target.uses_unlabeled])
 def test_resumed_run_equals_uninterrupted_run(tiny_overrides, algorithm):
     base = [*tiny_overrides, f"algorithm.name={algorithm}"]
     whole = run(load_config(None, [*base, "train.run_name=whole"])).run_dir
