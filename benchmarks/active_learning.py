@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from interlude import InterLUDEClassifier
-from interlude.config import DataConfig
+from interlude.config import section_options
 from interlude.data import load_raw
 
 STRATEGIES = ("random", "margin", "entropy", "coreset", "hybrid")
@@ -36,7 +36,7 @@ OUT = Path(__file__).parent / "results" / "active_learning"
 
 def run_dataset(name: str, seeds: list[int], strategies: list[str], rounds: int, per_round: int,
                 initial_steps: int, round_steps: int, width: int, out_name: str) -> None:
-    raw = load_raw(DataConfig(name=name))
+    raw = load_raw(section_options("data", name=name))
     X, y = raw.train.images, raw.train.labels
     X_test, y_test = raw.test.images, raw.test.labels
     path = OUT / f"{out_name}.json"
