@@ -4,6 +4,7 @@ strings, duplicate YAML keys, per-algorithm defaults, bookkeeping keys and ``con
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -363,6 +364,10 @@ def test_keys_of_another_component_are_checked_then_left_out(tmp_path):
     assert mixed.data.svhn_extra is True  # the unlabeled pool's format reads it
     with pytest.raises(ConfigError, match="data.test_from='svhm' is not valid.*did you mean svhn"):
         load_config(None, ["data.test_from=svhm"])
+    three = load_config(None, ["data.name=stl10", "data.unlabeled_from=svhn",
+                               "data.test_from=imagefolder"])  # one class with all their options
+    assert {"use_unlabeled_extra", "svhn_extra", "labeled_dir"} <= set(three.to_dict()["data"])
+    assert pickle.loads(pickle.dumps(three)) == three == config_from_dict(three.to_dict())
 
 
 def test_every_component_registers_options_of_its_section():

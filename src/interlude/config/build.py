@@ -251,8 +251,17 @@ def _combined(classes: tuple[type[Options], ...]) -> type[Options]:
     if len(classes) == 1:
         return classes[0]
     name = "".join(c.__name__.removesuffix("Options") for c in classes) + "Options"
-    return type(name, classes, {"__module__": __name__, "__doc__": "Options of "
-                                + ", ".join(c.__name__ for c in classes)})
+    namespace = {
+        "__module__": __name__,
+        "__doc__": "Options of " + ", ".join(c.__name__ for c in classes),
+        # pickled as its parts (DataLoader workers, spawned processes): rebuilt there
+        "__reduce__": lambda self: (_restore, (classes, self.model_dump())),
+    }
+    return type(name, classes, namespace)
+
+
+def _restore(classes: tuple[type[Options], ...], values: dict[str, Any]) -> Options:
+    return _combined(classes).model_validate(values)
 
 
 # ----------------------------------------------------------------------------- messages

@@ -395,15 +395,15 @@ class FolderOptions(DataConfig):
     """Options of datasets read from class folders (imagefolder, tmed2)."""
 
     labeled_dir: str | None = None
-    """imagefolder: folder of `<class>/<image>` labeled images."""
+    """Folder of `<class>/<image>` labeled images."""
     unlabeled_dir: str | None = None
-    """imagefolder: folder of unlabeled images (any nesting)."""
+    """Folder of unlabeled images (any nesting)."""
     val_dir: str | None = None
-    """imagefolder: optional labeled validation folder."""
+    """Optional labeled validation folder (`<class>/<image>`)."""
     test_dir: str | None = None
-    """imagefolder: optional labeled test folder."""
+    """Optional labeled test folder (`<class>/<image>`)."""
     grayscale: bool | None = None
-    """imagefolder: force 1-channel (True) or 3-channel (False) images; None infers from the files."""
+    """Force 1-channel (True) or 3-channel (False) images; None infers from the files."""
 
 
 @register_dataset("imagefolder", FolderOptions)

@@ -368,7 +368,7 @@ class STL10Options(DataConfig):
     """Options of STL-10."""
 
     use_unlabeled_extra: bool = True
-    """STL-10: include the 100k `unlabeled` split in the unlabeled pool."""
+    """Include the 100k `unlabeled` split in the unlabeled pool."""
 
 
 @register_dataset("stl10", STL10Options, default_arch="wrn37_2")
@@ -494,7 +494,7 @@ class SVHNOptions(DataConfig):
     """Options of SVHN."""
 
     svhn_extra: bool = False
-    """SVHN: add the 531k `extra` images (`extra_32x32.mat`) to the unlabeled pool, as FixMatch/USB
+    """Add the 531k `extra` images (`extra_32x32.mat`) to the unlabeled pool, as FixMatch/USB
     do."""
 
 

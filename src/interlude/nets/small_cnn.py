@@ -46,7 +46,7 @@ class SmallCNNOptions(ModelConfig):
     """Options of the small CNN."""
 
     width: int = Field(32, ge=1, le=4096)
-    """small_cnn: channels of the first conv block."""
+    """Channels of the first conv block."""
 
 
 @register_backbone("small_cnn", SmallCNNOptions, archs=("small_cnn",))

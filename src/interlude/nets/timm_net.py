@@ -62,7 +62,7 @@ class TimmOptions(ModelConfig):
     patch_size: int | None = Field(None, ge=1, le=1024)
     """timm ViTs: patch size (2 for ViT-S/2 at 32 px); None = the model's own."""
     drop_path_rate: float | None = Field(None, ge=0, lt=1)
-    """timm backbones: stochastic depth rate (training only); None = the model's default."""
+    """Stochastic depth rate (training only); None = the model's default."""
 
 
 def timm_name(arch: str, cfg: TimmOptions, resolution: int) -> tuple[str, dict[str, Any]]:
