@@ -26,7 +26,7 @@ from interlude.config.options import (
     allows_none,
     strip_none,
 )
-from interlude.config.registry import REGISTRIES
+from interlude.config.registry import REGISTRIES, generation
 from interlude.errors import shown
 
 SECTIONS: dict[str, type[Options]] = {
@@ -175,10 +175,14 @@ class KeySpec:
         return [f"{self.section}.{registry.selector}={registry.get(self.owners[0]).example}"]
 
 
-@functools.cache
 def schema() -> dict[str, KeySpec]:
     """Dotted key -> :class:`KeySpec`: the generic keys of each section, then the keys its
     registered components declare (in registration order)."""
+    return _schema(generation())
+
+
+@functools.lru_cache(maxsize=4)
+def _schema(generation: int) -> dict[str, KeySpec]:
     specs: dict[str, KeySpec] = {}
     for section, base in SECTIONS.items():
         registry = REGISTRIES.get(section)

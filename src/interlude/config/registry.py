@@ -76,6 +76,8 @@ class Registry:
             raise ValueError(f"{self.what} {component.name!r} is registered twice "
                              f"({_qualname(old.target)} and {_qualname(component.target)})")
         self._components[component.name] = component
+        global _generation
+        _generation += 1
 
     def __iter__(self) -> Iterator[Component]:
         load_components()
@@ -156,6 +158,14 @@ def register_backbone(name: str, options: type[ModelConfig] = ModelConfig, *,
 
 _PACKAGES = ("interlude.algorithms", "interlude.data", "interlude.nets")
 _loaded = False
+_generation = 0
+
+
+def generation() -> int:
+    """Changes whenever a component registers: what is derived from the registries (the key
+    listing) is cached per generation, so a component registered late is still seen."""
+    load_components()
+    return _generation
 
 
 def load_components() -> None:
