@@ -36,8 +36,7 @@ def _raw(name: str, values: list, channels: int, size: int, train: int, test: in
     pool, pool_labels = _flat(values, train, channels, size)
     held, held_labels = _flat(values, test, channels, size)
     return RawDataset(name=name, train=ImageSet(pool, pool_labels),
-                      test=ImageSet(held, held_labels), class_names=["a", "b", "c"][:len(values)]
-                      if len(values) <= 3 else [str(i) for i in range(len(values))],
+                      test=ImageSet(held, held_labels), class_names=list("abcd"[:len(values)]),
                       mean=(0.25,) * channels, std=(0.5,) * channels, hflip=False)
 
 
