@@ -185,6 +185,11 @@ class DataConfig:
     """Open-set: classes kept for the labeled/test sets (None = all classes)."""
     outlier_ratio: float = setting(0.0, ge=0, lt=1)
     """Open-set: fraction of the unlabeled pool drawn from classes outside `labeled_classes`."""
+    unlabeled_from: str | None = None
+    """Dataset whose training pool gives the unlabeled images (domain shift: all of them, resized
+    and channel-matched to `data.name`'s images); None = data.name."""
+    test_from: str | None = None
+    """Dataset whose test set is the run's test set (converted the same way); None = data.name."""
     class_weighted_loss: bool = False
     """Weight the supervised CE by the normalised inverse labeled class frequency (TMED style)."""
     use_unlabeled_extra: bool = True
@@ -926,6 +931,13 @@ def _validate_run_name(name: str | None) -> None:
 
 
 def _validate_inputs(d: DataConfig) -> None:
+    if d.unlabeled_from not in (None, d.name) and (d.labeled_classes is not None
+                                                    or d.outlier_ratio > 0):
+        raise ConfigError(
+            f"data.unlabeled_from={shown(d.unlabeled_from)} cannot be combined with the open-set keys "
+            "data.labeled_classes/data.outlier_ratio (the open set is drawn from data.name's own "
+            "pool); unset one of them"
+        )
     if (d.mean is None) != (d.std is None):
         raise ConfigError(
             f"data.mean={shown(d.mean)} and data.std={shown(d.std)}: give both (one value per channel) or "
