@@ -251,3 +251,16 @@ def test_short_mixed_training_run_and_eval_reproduce_the_sources(tiny_overrides)
     metrics = evaluate_run(result.run_dir)  # rebuilds the data from config + split.json
     assert np.asarray(metrics["confusion"]).sum(axis=1).tolist() == [5, 5, 5]  # the RGB test set
     assert metrics["top1"] == pytest.approx(summary["last"]["test/ema/top1"])
+
+
+def test_suggest_refuses_a_pool_from_another_dataset(tiny_overrides):
+    # its rows belong to another dataset's pool, which a labels file (indices into data.name's
+    # training pool) cannot name: a CSV of suggestions would silently label the wrong images
+    from interlude.errors import DataError
+    from interlude.suggest import suggest_run
+
+    cfg = load_config(None, [*tiny_overrides, "data.unlabeled_from=mix_rgb12", "data.name=mix_grey8",
+                             "data.labels_per_class=2", "model.arch=small_cnn", "train.steps=3"])
+    run_dir = run(cfg).run_dir
+    with pytest.raises(DataError, match="come from another dataset \\(mix_rgb12\\)"):
+        suggest_run(run_dir, n=2)

@@ -418,6 +418,12 @@ def run_pool(data: SSLData) -> Pool:
     ``split.json`` numbers the training pool; rows from an unlabeled folder carry their file
     and follow on after the training pool (``train_pool_size + j``)."""
     split = data.split
+    if "unlabeled" in split:  # data.unlabeled_from: the pool is another dataset's
+        raise DataError(
+            f"this run's unlabeled images come from another dataset "
+            f"({split.get('sources', {}).get('unlabeled', 'data.unlabeled_from')}), whose rows "
+            "data.labels_file cannot name; suggest from a run trained without data.unlabeled_from"
+        )
     size = int(split.get("train_pool_size", 0))
     taken = np.zeros(size, dtype=bool)
     taken[list(split.get("labeled", []))] = True
