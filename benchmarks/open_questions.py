@@ -9,7 +9,7 @@ primary model, mean ± sample sd over training seeds, ``-`` for one seed) and a 
 - ``openset``: outlier ratio against accuracy, one line per method;
 - ``domain_shift``: one group of bars per scenario (labeled -> unlabeled | test), one bar per method.
 
-Every run also goes through the failure-signature rules when they are available
+Every run also goes through the failure-signature rules of ``interlude report``
 (``interlude.experiments.signatures``); the table says how many seeds showed each.
 
     python benchmarks/open_questions.py runs/sweeps --out benchmarks/results/open_questions
@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from interlude.experiments.report import Run, load_runs
+from interlude.experiments.signatures import run_dir_signatures
+from interlude.train.logger import read_jsonl
 
 Key = tuple[Any, ...]
 
@@ -58,15 +60,18 @@ def group(runs: list[Run], key: Callable[[Run], Key | None]) -> dict[Key, list[R
 
 
 def signature_names(run: Run) -> list[str]:
-    """Failure signatures of one run, when the rules are available (names only)."""
-    try:
-        from interlude.experiments.signatures import run_signatures
+    """The failure signatures one run shows (rule names), as `interlude report` finds them."""
+    return [s.rule for s in run_dir_signatures(run.path, run.model)]
 
-        from interlude.train.logger import read_jsonl
-    except ImportError:
-        return []
-    records = read_jsonl(run.path / "metrics.jsonl")
-    return [s.rule for s in run_signatures(records, run.config)]
+
+def final_mask_rate(runs: list[Run]) -> str:
+    """Mean over seeds of the last logged mask rate ('-' for algorithms without one)."""
+    rates = []
+    for run in runs:
+        train = [r for r in read_jsonl(run.path / "metrics.jsonl") if r.get("kind") == "train"]
+        if train and isinstance(train[-1].get("mask_rate"), (int, float)):
+            rates.append(float(train[-1]["mask_rate"]))
+    return f"{statistics.fmean(rates):.2f}" if rates else "-"
 
 
 def signature_cell(runs: list[Run]) -> str:
@@ -134,7 +139,7 @@ def domain_key(run: Run) -> Key:
 def fusion_section(runs: list[Run], out: Path, plt: Any) -> str:
     groups = group(runs, fusion_key)
     rows = [[("alpha=" + str(k[1])) if k[1] is not None else k[0], str(len(g)), cell(values_of(g)),
-             per_seed(g), signature_cell(g)]
+             per_seed(g), final_mask_rate(g), signature_cell(g)]
             for k, g in sorted(groups.items(), key=lambda kv: (kv[0][1] is not None, kv[0][1] or 0))]
     if plt is not None:
         curve = sorted((k[1], values_of(g)) for k, g in groups.items() if k[1] is not None)
@@ -142,7 +147,8 @@ def fusion_section(runs: list[Run], out: Path, plt: Any) -> str:
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         if reference:
             mean, sd = spread(reference)
-            ax.axhline(mean, color="tab:gray", linestyle="--", label=f"FixMatch {cell(reference)} (band: ± sd)")
+            ax.axhline(mean, color="tab:gray", linestyle="--",
+                       label=f"FixMatch {cell(reference)} (band: ± sd)")
             if not math.isnan(sd):
                 ax.axhspan(mean - sd, mean + sd, color="tab:gray", alpha=0.15)
         line_plot(ax, [x for x, _ in curve], [v for _, v in curve], "InterLUDE", "tab:blue")
@@ -150,13 +156,15 @@ def fusion_section(runs: list[Run], out: Path, plt: Any) -> str:
                title="InterLUDE: fusion strength (mean ± sd, dots = seeds)")
         ax.set_xticks([x for x, _ in curve])
         finish(fig, ax, out / "fusion_strength.png")
-    return table(["variant", "seeds", "last test top-1 (%)", "per seed", "failure signatures"], rows)
+    return table(["variant", "seeds", "last test top-1 (%)", "per seed", "final mask rate",
+                  "failure signatures"], rows)
 
 
 def lambda_dc_section(runs: list[Run], out: Path, plt: Any) -> str:
     groups = group(runs, lambda_dc_key)
     ordered = sorted(groups.items())
-    rows = [[f"lambda_dc={k[0]}", str(len(g)), cell(values_of(g)), per_seed(g), signature_cell(g)]
+    rows = [[f"lambda_dc={k[0]}", str(len(g)), cell(values_of(g)), per_seed(g), final_mask_rate(g),
+             signature_cell(g)]
             for k, g in ordered]
     if plt is not None:
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -166,7 +174,8 @@ def lambda_dc_section(runs: list[Run], out: Path, plt: Any) -> str:
         ax.set(xlabel="lambda_DC (0 = no delta consistency)", ylabel="last test top-1 (%)",
                title="InterLUDE: weight of delta consistency (mean ± sd, dots = seeds)")
         finish(fig, ax, out / "lambda_dc.png")
-    return table(["variant", "seeds", "last test top-1 (%)", "per seed", "failure signatures"], rows)
+    return table(["variant", "seeds", "last test top-1 (%)", "per seed", "final mask rate",
+                  "failure signatures"], rows)
 
 
 def openset_section(runs: list[Run], out: Path, plt: Any) -> str:
