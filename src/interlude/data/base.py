@@ -2,11 +2,11 @@
 
 Images are ``uint8`` rows in ``(N, C, H, W)`` layout, held as
 :class:`~interlude.data.rows.ImageRows` and read only through it (by index, by chunks, or a
-window): in RAM, or, for large sets (an image folder, STL-10's 100k unlabeled images, SVHN's extra
-split), on disk as a :class:`~interlude.data.ondisk.DiskImages` from the image cache, which reads
-only the rows asked for. The same code reads every backing, and none can be copied whole into RAM
-by accident. Augmentation and normalisation happen later, on tensors, so a dataset loader only has to read
-files.
+window): in RAM, or, for large sets (an image folder, STL-10's 100k unlabeled images, SVHN's
+extra split), on disk as a :class:`~interlude.data.ondisk.DiskImages` from the image cache, which
+reads only the rows asked for. The same code reads every backing, and none can be copied whole
+into RAM by accident. Augmentation and normalisation happen later, on tensors, so a dataset
+loader only has to read files.
 """
 
 from __future__ import annotations

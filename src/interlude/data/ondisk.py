@@ -1,11 +1,12 @@
 """Image rows that stay on disk: only the rows a batch needs are read.
 
-:class:`DiskImages` is read-only uint8 ``(N, C, H, W)`` rows (:class:`~interlude.data.rows.ImageRows`)
-stored as raw bytes in a file (the image cache, :mod:`interlude.data.cache`). Rows are read with
-``pread`` into a fresh buffer rather than through ``np.memmap``: every page of a memory map that a
-process touches is counted in its resident set and stays mapped, so a long run over a large pool
-would end up "holding" the whole file; ``pread`` leaves the file in the kernel's page cache
-(shared between processes, reclaimable) and the process holds just the batch.
+:class:`DiskImages` is read-only uint8 ``(N, C, H, W)`` rows
+(:class:`~interlude.data.rows.ImageRows`) stored as raw bytes in a file (the image cache,
+:mod:`interlude.data.cache`). Rows are read with ``pread`` into a fresh buffer rather than through
+``np.memmap``: every page of a memory map that a process touches is counted in its resident set
+and stays mapped, so a long run over a large pool would end up "holding" the whole file;
+``pread`` leaves the file in the kernel's page cache (shared between processes, reclaimable) and
+the process holds just the batch.
 """
 
 from __future__ import annotations
