@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from image_rows import pixels
 
 from interlude.config import load_config
 from interlude.data import build_data, register_dataset
@@ -86,9 +87,9 @@ def test_grey_labeled_with_rgb_unlabeled_and_test():
     assert data.unlabeled.images.dtype == np.uint8
     for images in (data.unlabeled, data.test):  # flat colours stay flat when resized: pure luma
         for label in range(3):
-            rows = images.images[images.labels == label]
+            rows = images.images.read(images.labels == label)
             assert np.all(rows == LUMA[label])
-    assert sorted(set(data.labeled.images.ravel().tolist())) == GREYS
+    assert sorted(set(pixels(data.labeled.images).ravel().tolist())) == GREYS
     assert data.mean == (0.25,) and data.std == (0.5,)  # the labeled dataset's statistics
     assert data.split["sources"] == {"labeled": "mix_grey8", "unlabeled": "mix_rgb12",
                                      "test": "mix_rgb12"}
@@ -102,7 +103,7 @@ def test_rgb_labeled_with_grey_unlabeled_at_a_resolution():
     assert data.unlabeled.images.shape == (30, 3, 6, 6)
     assert data.test.images.shape == (15, 3, 6, 6)  # its own test set, resized
     for label, grey in enumerate(GREYS):
-        assert np.all(data.unlabeled.images[data.unlabeled.labels == label] == grey)
+        assert np.all(data.unlabeled.images.read(data.unlabeled.labels == label) == grey)
     assert data.split["sources"]["test"] == "mix_rgb12"
     assert data.split["sources"]["unlabeled"] == "mix_grey8"
 
@@ -119,7 +120,7 @@ def test_unset_or_same_sources_change_nothing():
     plain = _data("data.name=mix_grey8")
     same = _data("data.name=mix_grey8", "data.unlabeled_from=mix_grey8", "data.test_from=mix_grey8")
     assert plain.split == same.split and "sources" not in plain.split
-    assert np.array_equal(plain.unlabeled.images, same.unlabeled.images)
+    assert np.array_equal(pixels(plain.unlabeled.images), pixels(same.unlabeled.images))
 
 
 def test_split_saved_and_reused_and_refused_for_other_sources(tmp_path):
@@ -129,7 +130,7 @@ def test_split_saved_and_reused_and_refused_for_other_sources(tmp_path):
     path.write_text(json.dumps(data.split))
     again = _data(*mixed, "data.data_seed=8", f"data.split_file={path}")
     assert {**again.split, "data_seed": 3} == data.split  # data_seed: the config's, unused
-    assert np.array_equal(again.labeled.images, data.labeled.images)
+    assert np.array_equal(pixels(again.labeled.images), pixels(data.labeled.images))
     assert np.array_equal(again.unlabeled.labels, data.unlabeled.labels)
 
     for other in (["data.name=mix_grey8"], ["data.name=mix_grey8", "data.test_from=mix_rgb12"],
@@ -196,8 +197,8 @@ def test_open_set_with_unlabeled_from_is_refused_and_with_test_from_supported():
     data = _data("data.name=mix_grey8", "data.test_from=mix_rgb12", "data.labeled_classes=[2,0]")
     assert data.num_classes == 2
     assert data.test.images.shape == (10, 1, 8, 8)  # the RGB test set's classes 2 and 0
-    assert np.all(data.test.images[data.test.labels == 0] == LUMA[2])
-    assert np.all(data.test.images[data.test.labels == 1] == LUMA[0])
+    assert np.all(data.test.images.read(data.test.labels == 0) == LUMA[2])
+    assert np.all(data.test.images.read(data.test.labels == 1) == LUMA[0])
 
 
 def test_disk_backed_pool_needing_conversion_is_refused(tmp_path):
@@ -219,8 +220,8 @@ def test_disk_backed_pool_needing_conversion_is_refused(tmp_path):
         _data("data.name=mix_grey8", "data.unlabeled_from=mix_disk")
     # at the run's geometry already, the disk-backed pool is used as it is (read by row)
     rgb = _data("data.name=mix_rgb12", "data.unlabeled_from=mix_disk")
-    assert isinstance(rgb.unlabeled.images, np.memmap)
-    assert np.array_equal(np.asarray(rgb.unlabeled.images), images)
+    assert rgb.unlabeled.images.on_disk
+    assert np.array_equal(pixels(rgb.unlabeled.images), images)
     with pytest.raises(DataError, match="data.test_from=mix_disk: that dataset has no test set"):
         _data("data.name=mix_rgb12", "data.test_from=mix_disk")
 

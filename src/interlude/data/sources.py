@@ -31,8 +31,8 @@ import numpy as np
 
 from interlude.config import DataConfig
 from interlude.data.base import ImageSet, RawDataset
-from interlude.data.ondisk import is_disk_backed
 from interlude.data.registry import dataset_names, load_raw
+from interlude.data.rows import ImageRows, as_rows
 from interlude.data.splits import Sources, concat_sets
 from interlude.data.transforms import resize_images
 from interlude.errors import DataError
@@ -53,23 +53,27 @@ def is_mixed(cfg: DataConfig) -> bool:
     return len(set(run_sources(cfg))) > 1
 
 
-def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+def to_channels(images: np.ndarray | ImageRows, channels: int) -> np.ndarray | ImageRows:
     """uint8 ``(N, C, H, W)`` images with ``channels`` channels: 1 -> 3 repeats the grey plane,
-    3 -> 1 is the BT.601 luma rounded to the nearest integer."""
-    have = images.shape[1]
+    3 -> 1 is the BT.601 luma rounded to the nearest integer. Converted by chunks of rows."""
+    rows = as_rows(images)
+    have = rows.shape[1]
     if have == channels:
         return images
-    if (have, channels) == (1, 3):
-        return np.repeat(images, 3, axis=1)
-    if (have, channels) == (3, 1):
-        out = np.empty((len(images), 1, *images.shape[2:]), dtype=np.uint8)
-        weights = np.asarray(LUMA_601, dtype=np.float64).reshape(1, 3, 1, 1)
-        for start in range(0, len(images), _CHUNK):
-            rows = np.asarray(images[start : start + _CHUNK], dtype=np.float64)
-            luma = np.floor((rows * weights).sum(axis=1, keepdims=True) + 0.5)
-            out[start : start + _CHUNK] = np.clip(luma, 0, 255).astype(np.uint8)
-        return out
-    raise DataError(f"cannot convert {have}-channel images to {channels} channels (1 or 3 only)")
+    if (have, channels) not in ((1, 3), (3, 1)):
+        raise DataError(f"cannot convert {have}-channel images to {channels} channels (1 or 3 only)")
+    out = np.empty((len(rows), channels, *rows.shape[2:]), dtype=np.uint8)
+    weights = np.asarray(LUMA_601, dtype=np.float64).reshape(1, 3, 1, 1)
+    start = 0
+    for chunk in rows.chunks(_CHUNK):
+        if channels == 3:
+            converted = np.repeat(chunk, 3, axis=1)
+        else:
+            luma = np.floor((chunk.astype(np.float64) * weights).sum(axis=1, keepdims=True) + 0.5)
+            converted = np.clip(luma, 0, 255).astype(np.uint8)
+        out[start : start + len(chunk)] = converted
+        start += len(chunk)
+    return out
 
 
 def convert_set(images: ImageSet | None, shape: tuple[int, int, int], interpolation: str,
@@ -77,7 +81,7 @@ def convert_set(images: ImageSet | None, shape: tuple[int, int, int], interpolat
     """``images`` at ``shape`` (C, H, W): resized, then channel-matched."""
     if images is None or images.shape == shape:
         return images
-    if is_disk_backed(images.images):
+    if images.images.on_disk:
         raise DataError(
             f"{where}: {len(images)} images kept on disk at {images.shape} would have to be "
             f"converted to {shape} in memory; mixing datasets converts in-memory sets only (set "

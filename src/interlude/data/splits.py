@@ -16,12 +16,12 @@ import numpy as np
 from interlude.config import DataConfig
 from interlude.data.base import UNLABELED, ImageSet, RawDataset, SSLData
 from interlude.data.labels_file import AddedLabels, read_labels_file
-from interlude.data.ondisk import ConcatImages, is_disk_backed
+from interlude.data.rows import ArrayRows, concat_rows
 from interlude.errors import DataError, shown
 from interlude.files import parse_json
 
-__all__ = ["ConcatImages", "Sources", "build_ssl_data", "concat_sets", "draw_split",
-           "load_split_file", "pool_fingerprint"]
+__all__ = ["Sources", "build_ssl_data", "concat_sets", "draw_split", "load_split_file",
+           "pool_fingerprint"]
 
 _FINGERPRINT_ROWS = 4096
 
@@ -100,8 +100,8 @@ def pool_fingerprint(pool: ImageSet) -> str:
     digest = hashlib.blake2b(digest_size=12)
     digest.update(repr(tuple(pool.images.shape)).encode())
     digest.update(np.ascontiguousarray(pool.labels).tobytes())
-    for start in range(0, len(pool), _FINGERPRINT_ROWS):  # by chunks: a pool may be on disk
-        digest.update(np.ascontiguousarray(pool.images[start : start + _FINGERPRINT_ROWS]).tobytes())
+    for rows in pool.images.chunks(_FINGERPRINT_ROWS):  # by chunks: a pool may be on disk
+        digest.update(np.ascontiguousarray(rows).tobytes())
     return digest.hexdigest()
 
 
@@ -320,7 +320,7 @@ def _with_added_labels(labeled: ImageSet, rows: list[int], added: AddedLabels,
         return ImageSet(labeled.images, labels)
     channels, height, width = labeled.shape
     images = read_images(list(added.files), channels, height, width, interpolation)
-    return ImageSet(np.concatenate([labeled.images, images]),
+    return ImageSet(concat_rows([labeled.images, ArrayRows(images)]),
                     np.concatenate([labels, np.fromiter(added.files.values(), np.int64)]))
 
 
@@ -353,12 +353,4 @@ def concat_sets(a: ImageSet, b: ImageSet) -> ImageSet:
         return a
     if a.shape != b.shape:
         raise DataError(f"unlabeled images of shape {b.shape} do not match {a.shape}")
-    labels = np.concatenate([a.labels, b.labels])
-    parts = [*_parts(a.images), *_parts(b.images)]
-    if any(is_disk_backed(p) for p in parts):
-        return ImageSet(ConcatImages(parts), labels)  # type: ignore[arg-type]
-    return ImageSet(np.concatenate(parts), labels)
-
-
-def _parts(images: np.ndarray) -> list[np.ndarray]:
-    return list(images.parts) if isinstance(images, ConcatImages) else [images]
+    return ImageSet(concat_rows([a.images, b.images]), np.concatenate([a.labels, b.labels]))
