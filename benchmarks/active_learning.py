@@ -37,8 +37,8 @@ OUT = Path(__file__).parent / "results" / "active_learning"
 def run_dataset(name: str, seeds: list[int], strategies: list[str], rounds: int, per_round: int,
                 initial_steps: int, round_steps: int, width: int, out_name: str) -> None:
     raw = load_raw(section_options("data", name=name))
-    X, y = raw.train.images, raw.train.labels
-    X_test, y_test = raw.test.images, raw.test.labels
+    X, y = raw.train.images.read(np.arange(len(raw.train))), raw.train.labels  # small sets
+    X_test, y_test = raw.test.images.read(np.arange(len(raw.test))), raw.test.labels
     path = OUT / f"{out_name}.json"
     results = json.loads(path.read_text()) if path.is_file() else {"dataset": name, "runs": []}
     results["settings"] = {"rounds": rounds, "per_round": per_round, "initial_steps": initial_steps,

@@ -372,7 +372,7 @@ def memory_probe(name: str, spec: str) -> None:
 def augment_section(args, device: str) -> list[str]:
     n = args.aug_batch
     data = synthetic_data(labeled=n, unlabeled=n)
-    images = data.labeled.images
+    images = data.labeled.images.read(np.arange(len(data.labeled)))  # synthetic: small
     arrays = [np.ascontiguousarray(im.transpose(1, 2, 0)) for im in images]
     rng = random.Random(0)
     dev = torch.device(device)

@@ -124,8 +124,8 @@ def test_training_step_views_equal_previous_pipeline(tmp_path, monkeypatch, resi
     data = trainer.data
     for step in (0, 1, 7):
         idx_l, idx_u = builder.indices(step)
-        xl = A.to_float(torch.from_numpy(data.labeled.images[idx_l.numpy()]))
-        xu = A.to_float(torch.from_numpy(data.unlabeled.images[idx_u.reshape(-1).numpy()]))
+        xl = A.to_float(torch.from_numpy(data.labeled.images.read(idx_l.numpy())))
+        xu = A.to_float(torch.from_numpy(data.unlabeled.images.read(idx_u.reshape(-1).numpy())))
         generator = step_generator(cfg.train.seed, step, STREAM_AUGMENT * 1000, "cpu")
         plan = step_generator(cfg.train.seed, step, STREAM_AUGMENT * 1000 + 500, "cpu")
         expected = old.old_pipeline_views(xl, xu, builder.views, generator, plan, data.hflip)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from image_rows import pixels
 from PIL import Image
 
 from interlude.config import load_config
@@ -66,7 +67,7 @@ def test_imagefolder_uses_every_labeled_image_and_resizes(tmp_path):
     assert np.bincount(data.labeled.labels).tolist() == [3, 3, 3]
     assert data.unlabeled.images.shape == (5, 3, 16, 16)
     assert data.test.images.shape == (3, 3, 16, 16) and data.test.labels.tolist() == [0, 1, 2]
-    assert np.array_equal(data.labeled.images[0], ref["known"].transpose(2, 0, 1))
+    assert np.array_equal(pixels(data.labeled.images)[0], ref["known"].transpose(2, 0, 1))
     assert data.split["all_train_labeled"] is True
 
 
@@ -85,10 +86,10 @@ def test_grayscale_is_inferred_and_can_be_forced(tmp_path):
     ref = make_folders(tmp_path / "gray", gray=True, mixed=False)
     gray = build_data(_cfg(tmp_path / "gray"))
     assert gray.labeled.images.shape[1] == 1 and len(gray.mean) == 1
-    assert np.array_equal(gray.labeled.images[0, 0], ref["known"])  # luma of gray is exact
+    assert np.array_equal(pixels(gray.labeled.images)[0, 0], ref["known"])  # luma of gray is exact
     mixed = build_data(_cfg(tmp_path / "gray", "data.grayscale=false"))
     assert mixed.labeled.images.shape[1] == 3
-    assert np.array_equal(mixed.labeled.images[:, 0], mixed.labeled.images[:, 2])
+    assert np.array_equal(pixels(mixed.labeled.images)[:, 0], pixels(mixed.labeled.images)[:, 2])
     make_folders(tmp_path / "rgb")  # one gray PNG per class among RGB files -> 3 channels
     assert build_data(_cfg(tmp_path / "rgb")).labeled.images.shape[1] == 3
     assert build_data(_cfg(tmp_path / "rgb", "data.grayscale=true")).labeled.images.shape[1] == 1
@@ -143,7 +144,7 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
     wide[:8] = 257 * 100
     Image.fromarray(wide).save(tmp_path / "labeled" / "cat" / "0.png")
     data = build_data(_cfg(tmp_path))
-    assert data.labeled.images[0, 0, 0, 0] == 100 and data.labeled.images[0, 0, 15, 0] == 255
+    assert pixels(data.labeled.images)[0, 0, 0, 0] == 100 and pixels(data.labeled.images)[0, 0, 15, 0] == 255
 
 
 def _save_16bit(path: Path, values: np.ndarray) -> None:
@@ -230,7 +231,7 @@ def test_bit_depth_summary_is_logged_once_per_dataset(tmp_path, caplog):
     summaries = [r.getMessage() for r in caplog.records if "decoded 19 images" in r.getMessage()]
     mode = Image.open(tmp_path / "unlabeled" / "a" / "wide0.png").mode  # "I;16" ("I": old PIL)
     assert summaries == [f"decoded 19 images: 17 8-bit gray, 2 16-bit gray [{mode}] (x 1/257)"]
-    wide_rows = [i for i, im in enumerate(data.unlabeled.images) if (im[0] == 1).all()]
+    wide_rows = [i for i, im in enumerate(pixels(data.unlabeled.images)) if (im[0] == 1).all()]
     assert len(wide_rows) == 2  # both 16-bit files decode to the same level, 1
     # every 16-bit file stays below 4096: a warning suggests they may be 12-bit data
     assert "no 16-bit image exceeds 4095" in caplog.text
@@ -261,7 +262,7 @@ def test_tmed2_fixed_classes_resolution_and_no_normalisation(tmp_path):
     data = build_data(cfg)
     assert data.class_names == ["PLAX", "PSAX", "A4C", "A2C"]
     assert data.labeled.images.shape == (8, 3, 112, 112)
-    assert np.array_equal(data.labeled.images[:, 0], data.labeled.images[:, 1])
+    assert np.array_equal(pixels(data.labeled.images)[:, 0], pixels(data.labeled.images)[:, 1])
     assert data.mean == (0.0, 0.0, 0.0) and data.std == (1.0, 1.0, 1.0)
     shutil.rmtree(tmp_path / "labeled" / "A2C")
     with pytest.raises(DataError, match="missing: A2C"):
@@ -276,4 +277,4 @@ def test_exif_orientation_is_applied(tmp_path):
     Image.fromarray(ref["known"]).save(tmp_path / "labeled" / "cat" / "0.png", exif=exif)
     data = build_data(_cfg(tmp_path))
     upright = ref["known"][::-1, ::-1].transpose(2, 0, 1)
-    assert np.array_equal(data.labeled.images[0], upright)
+    assert np.array_equal(pixels(data.labeled.images)[0], upright)

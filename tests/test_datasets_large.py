@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from image_rows import pixels
 from test_datasets_standard import write_stl10, write_svhn
 
 from interlude.config import load_config
 from interlude.data import build_data, load_raw
 from interlude.data.matfile import MatFormatError, open_uint8
-from interlude.data.ondisk import is_disk_backed
 from interlude.errors import DataError
 
 
@@ -52,8 +52,8 @@ def test_svhn_extra_joins_the_unlabeled_pool(tmp_path, compress, cache):
                "data.svhn_extra=true", f"data.cache={cache}")
     data = build_data(cfg)
     assert len(data.unlabeled) == (30 - 20) + 23  # train remainder, then every extra image
-    assert is_disk_backed(data.unlabeled.images) == (cache == "true")
-    extra = data.unlabeled.images[np.arange(10, 33)]
+    assert data.unlabeled.images.on_disk == (cache == "true")
+    extra = pixels(data.unlabeled.images)[np.arange(10, 33)]
     assert np.array_equal(extra, ref["extra"])  # H/W/C/N order and column-major undone
     assert (data.unlabeled.labels[10:] == -1).all()  # the extra labels are never used
     without = build_data(_cfg("data.name=svhn", f"data.data_dir={tmp_path}",
@@ -67,7 +67,7 @@ def test_svhn_extra_is_resized_when_cached(tmp_path, image_cache):
     raw = load_raw(_cfg("data.name=svhn", f"data.data_dir={tmp_path}", "data.svhn_extra=true",
                         "data.resolution=20"))
     assert raw.extra_unlabeled.images.shape == (5, 3, 20, 20)  # cached at the run's size
-    assert np.array_equal(np.asarray(raw.extra_unlabeled.images), _resized(ref["extra"], 20))
+    assert np.array_equal(pixels(raw.extra_unlabeled.images), _resized(ref["extra"], 20))
     data = build_data(_cfg("data.name=svhn", f"data.data_dir={tmp_path}",
                            "data.svhn_extra=true", "data.resolution=20",
                            "data.labels_per_class=1"))
@@ -163,17 +163,16 @@ def test_stl10_unlabeled_is_cached_at_the_run_resolution(tmp_path, image_cache):
     ref = write_stl10(tmp_path)
     args = ["data.name=stl10", f"data.data_dir={tmp_path}", "data.labels_per_class=1"]
     raw = load_raw(_cfg(*args, "data.resolution=32"))
-    assert raw.extra_unlabeled.images.shape == (7, 3, 32, 32) and is_disk_backed(
-        raw.extra_unlabeled.images)
-    assert np.array_equal(np.asarray(raw.extra_unlabeled.images), _resized(ref["unlabeled"], 32))
+    assert raw.extra_unlabeled.images.shape == (7, 3, 32, 32) and raw.extra_unlabeled.images.on_disk
+    assert np.array_equal(pixels(raw.extra_unlabeled.images), _resized(ref["unlabeled"], 32))
     # the open-set mix of STL-10 at 32 px: outliers (resized train images) join the cached split
     data = build_data(_cfg(*args, "data.resolution=32", "data.labeled_classes=[0,1,2,3,4,5]",
                            "data.outlier_ratio=0.2"))
     assert data.unlabeled.images.shape[1:] == (3, 32, 32)
     cached = build_data(_cfg(*args))
     uncached = build_data(_cfg(*args, "data.cache=false"))
-    assert np.array_equal(np.asarray(cached.unlabeled.images),
-                          np.asarray(uncached.unlabeled.images))
+    assert np.array_equal(pixels(cached.unlabeled.images),
+                          pixels(uncached.unlabeled.images))
 
 
 def test_stl10_unlabeled_is_resized_with_the_run_filter(tmp_path, image_cache):
@@ -187,5 +186,5 @@ def test_stl10_unlabeled_is_resized_with_the_run_filter(tmp_path, image_cache):
     bilinear = load_raw(_cfg(*args))
     bicubic = load_raw(_cfg(*args, "data.interpolation=bicubic"))
     expected = resize_images(ref["unlabeled"], 40, interpolation="bicubic")
-    assert np.array_equal(np.asarray(bicubic.extra_unlabeled.images), expected)
-    assert not np.array_equal(np.asarray(bilinear.extra_unlabeled.images), expected)
+    assert np.array_equal(pixels(bicubic.extra_unlabeled.images), expected)
+    assert not np.array_equal(pixels(bilinear.extra_unlabeled.images), expected)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from image_rows import pixels
 
 from interlude.config import load_config
 from interlude.data import build_data, load_raw
-from interlude.data.ondisk import is_disk_backed
 from interlude.errors import DataError
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer",
@@ -79,13 +79,13 @@ def test_cifar10_reads_official_layout_and_splits_per_class(tmp_path):
                            "data.labels_per_class=2", "data.val_per_class=1"))
     assert data.class_names == CIFAR10_NAMES
     assert data.test.images.shape == (20, 3, 32, 32)
-    assert np.array_equal(data.test.images, ref["test"])  # exact pixels: no transpose / flip
+    assert np.array_equal(pixels(data.test.images), ref["test"])  # exact pixels: no transpose / flip
     assert np.array_equal(data.test.labels, ref["test_labels"])
     assert np.bincount(data.labeled.labels, minlength=10).tolist() == [2] * 10
     assert np.bincount(data.val.labels, minlength=10).tolist() == [1] * 10
     assert len(data.unlabeled) == 100 - 30
     first = data.split["labeled"][0]
-    assert np.array_equal(data.labeled.images[0], ref["train"][first])
+    assert np.array_equal(pixels(data.labeled.images)[0], ref["train"][first])
     assert data.labeled.labels[0] == ref["labels"][first]
     assert data.hflip and data.mean == pytest.approx((0.4914, 0.4824, 0.4467), abs=1e-4)
 
@@ -97,13 +97,13 @@ def test_cifar10_same_data_seed_same_split(tmp_path):
     b = build_data(_cfg(*base, "data.data_seed=4"))
     c = build_data(_cfg(*base, "data.data_seed=5"))
     assert a.split["labeled"] == b.split["labeled"] != c.split["labeled"]
-    assert np.array_equal(a.labeled.images, b.labeled.images)
+    assert np.array_equal(pixels(a.labeled.images), pixels(b.labeled.images))
 
 
 def test_cifar_data_dir_may_name_the_extracted_folder(tmp_path):
     ref = write_cifar10(tmp_path)
     raw = load_raw(_cfg("data.name=cifar10", f"data.data_dir={tmp_path / 'cifar-10-batches-py'}"))
-    assert np.array_equal(raw.train.images, ref["train"])
+    assert np.array_equal(pixels(raw.train.images), ref["train"])
 
 
 def test_cifar100_fine_labels_and_names(tmp_path):
@@ -112,7 +112,7 @@ def test_cifar100_fine_labels_and_names(tmp_path):
                            "data.labels_per_class=1"))
     assert data.num_classes == 100 and data.class_names[7] == "c07"
     assert np.array_equal(data.test.labels, ref["test_labels"])
-    assert np.array_equal(data.test.images, ref["test"])
+    assert np.array_equal(pixels(data.test.images), ref["test"])
     assert np.bincount(data.labeled.labels).tolist() == [1] * 100
     assert data.mean == pytest.approx((0.5071, 0.4867, 0.4408), abs=1e-4)
 
@@ -211,16 +211,16 @@ def test_stl10_layout_labels_and_unlabeled_on_disk(tmp_path, cache):
     cfg = _cfg("data.name=stl10", f"data.data_dir={tmp_path}", "data.labels_per_class=1",
                f"data.cache={cache}")
     raw = load_raw(cfg)
-    assert is_disk_backed(raw.extra_unlabeled.images)  # 100k images stay on disk
-    assert np.array_equal(raw.train.images, ref["train"])  # catches a missing H/W transpose
+    assert raw.extra_unlabeled.images.on_disk  # 100k images stay on disk
+    assert np.array_equal(pixels(raw.train.images), ref["train"])  # catches a missing H/W transpose
     assert np.array_equal(raw.train.labels, ref["train_y"] - 1)  # 1..10 -> 0..9
     assert np.array_equal(raw.test.labels, ref["test_y"] - 1)
-    assert np.array_equal(np.asarray(raw.extra_unlabeled.images), ref["unlabeled"])
+    assert np.array_equal(pixels(raw.extra_unlabeled.images), ref["unlabeled"])
     assert raw.class_names[7] == "monkey"
     data = build_data(cfg)
     assert np.bincount(data.labeled.labels).tolist() == [1] * 10
     assert len(data.unlabeled) == (20 - 10) + 7
-    unlabeled = data.unlabeled.images  # pool remainder first, then the (still mapped) extra split
+    unlabeled = pixels(data.unlabeled.images)  # pool remainder first, then the (still mapped) extra split
     assert np.array_equal(unlabeled[10:17], ref["unlabeled"])
     assert np.array_equal(unlabeled[np.array([16, 12])], ref["unlabeled"][[6, 2]])
     assert np.array_equal(unlabeled[-1], ref["unlabeled"][-1])
@@ -271,7 +271,7 @@ def test_svhn_label_10_is_digit_0_and_pixels_round_trip(tmp_path):
                            "data.labels_per_class=2"))
     expected = ref["test_y"] % 10
     assert np.array_equal(data.test.labels, expected) and expected[9] == 0
-    assert np.array_equal(data.test.images, ref["test"])
+    assert np.array_equal(pixels(data.test.images), ref["test"])
     assert np.bincount(data.labeled.labels).tolist() == [2] * 10
     assert data.hflip is False and data.class_names[0] == "0"
 

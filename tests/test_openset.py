@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+from image_rows import pixels
 from PIL import Image
 
 from interlude.config import load_config
@@ -28,10 +29,10 @@ def test_kept_classes_are_relabeled_in_the_given_order():
     assert data.class_names == ["3", "1", "4"]
     assert np.bincount(data.labeled.labels).tolist() == [4, 4, 4]
     for new, old in enumerate([3, 1, 4]):  # test images of new class i are old class c
-        assert np.array_equal(data.test.images[data.test.labels == new],
-                              plain.test.images[plain.test.labels == old])
-    assert _rows(data.labeled.images[data.labeled.labels == 0]) <= _rows(
-        plain.train.images[plain.train.labels == 3])
+        assert np.array_equal(pixels(data.test.images)[data.test.labels == new],
+                              pixels(plain.test.images)[plain.test.labels == old])
+    assert _rows(pixels(data.labeled.images)[data.labeled.labels == 0]) <= _rows(
+        pixels(plain.train.images)[plain.train.labels == 3])
     assert (data.unlabeled.labels >= 0).all()  # no outliers without outlier_ratio
 
 
@@ -40,10 +41,10 @@ def test_outliers_make_up_the_requested_share_and_come_from_other_classes():
     data = build_data(_cfg("data.labeled_classes=[3,1,4]", "data.outlier_ratio=0.3"))
     outlier = data.unlabeled.labels == -1
     assert outlier.mean() == pytest.approx(0.3, abs=0.005)
-    others = _rows(raw.train.images[~np.isin(raw.train.labels, [3, 1, 4])])
-    kept = _rows(raw.train.images[np.isin(raw.train.labels, [3, 1, 4])])
-    assert _rows(data.unlabeled.images[outlier]) <= others
-    assert _rows(data.unlabeled.images[~outlier]) <= kept
+    others = _rows(pixels(raw.train.images)[~np.isin(raw.train.labels, [3, 1, 4])])
+    kept = _rows(pixels(raw.train.images)[np.isin(raw.train.labels, [3, 1, 4])])
+    assert _rows(pixels(data.unlabeled.images)[outlier]) <= others
+    assert _rows(pixels(data.unlabeled.images)[~outlier]) <= kept
     assert set(data.unlabeled.labels[~outlier].tolist()) == {0, 1, 2}
 
 
@@ -52,8 +53,8 @@ def test_outliers_follow_data_seed_and_are_noted():
     a = make_open_set(load_raw(_cfg()), _cfg(*keys))
     b = make_open_set(load_raw(_cfg()), _cfg(*keys))
     c = make_open_set(load_raw(_cfg()), _cfg(*keys, "data.data_seed=1"))
-    assert np.array_equal(a.extra_unlabeled.images, b.extra_unlabeled.images)
-    assert not np.array_equal(a.extra_unlabeled.images, c.extra_unlabeled.images)
+    assert np.array_equal(pixels(a.extra_unlabeled.images), pixels(b.extra_unlabeled.images))
+    assert not np.array_equal(pixels(a.extra_unlabeled.images), pixels(c.extra_unlabeled.images))
     n_out = len(a.extra_unlabeled)
     assert n_out > 0 and any(f"{n_out} outlier images" in note for note in a.notes)
 
@@ -104,5 +105,5 @@ def test_open_set_on_an_image_folder_keeps_every_labeled_image(tmp_path):
     # the 6 unlabeled_dir images count as in-distribution: 2 outliers make 25%
     assert len(data.unlabeled) == 6 + 2
     raw = load_raw(load_config(None, folder).data)
-    class_b = _rows(raw.train.images[raw.train.labels == 1])
-    assert len(_rows(data.unlabeled.images) & class_b) == 2
+    class_b = _rows(pixels(raw.train.images)[raw.train.labels == 1])
+    assert len(_rows(pixels(data.unlabeled.images)) & class_b) == 2

@@ -22,7 +22,7 @@ from interlude.train.optim import (
 
 def test_no_weight_decay_on_batchnorm_and_bias():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 3))
-    decay, no_decay = param_groups(model, lr=0.1, weight_decay=5e-4)
+    no_decay, decay = param_groups(model, lr=0.1, weight_decay=5e-4)  # timm's order
     assert decay["lr"] == no_decay["lr"] == 0.1
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
     assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[3].weight)}

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from interlude.cli import main
 from interlude.config import Config
 from interlude.errors import InterludeError
 from interlude.experiments.report import (
@@ -42,8 +43,10 @@ def make_run(
     balanced: float | None = None,
     best_top1: float | None = None,
     model: str = "ema",
+    rows: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write a finished fake run dir; overrides are ``section.key`` -> value on the default config."""
+    """Write a finished fake run dir; overrides are ``section.key`` -> value on the default config;
+    rows are more metrics.jsonl records (e.g. what a failure signature reads)."""
     run = root / name
     run.mkdir(parents=True)
     tree = Config().to_dict()
@@ -73,9 +76,9 @@ def make_run(
         "best": best,
     }
     (run / "summary.json").write_text(json.dumps(summary))
-    rows = [{"step": 10, "kind": "train", "loss": 1.0}]
-    rows += [{"step": s, "kind": "eval", f"test/{model}/top1": top1 * s / 100} for s in (50, 100)]
-    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    records = [{"step": 10, "kind": "train", "loss": 1.0}, *(rows or [])]
+    records += [{"step": s, "kind": "eval", f"test/{model}/top1": top1 * s / 100} for s in (50, 100)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     return run
 
 
@@ -307,3 +310,81 @@ def test_sweep_runs_are_labelled_by_their_variant_folder(tmp_path: Path) -> None
     ]
     rows = table_rows(write_report(dirs, tmp_path / "out"))
     assert [row[0] for row in rows] == ["no-dc", "full"]
+
+
+# --- failure signatures -------------------------------------------------------------------------
+
+
+def stuck_mask_rows(mask_rate: float = 0.01) -> list[dict[str, Any]]:
+    """Train windows at steps 20-100 (make_run writes step 10) whose mask rate stays at mask_rate
+    (the mask_rate_stuck signature when low)."""
+    return [{"step": 10 * i, "kind": "train", "loss": 1.0, "mask_rate": mask_rate}
+            for i in range(2, 11)]
+
+
+def signature_runs(root: Path) -> list[Path]:
+    """fixmatch: seeds 90 / 94 (sd 2.8 pts); interlude: seeds 95.0 / 95.5, seed 1 mask stuck."""
+    return [
+        make_run(root, "fm0", 0.90, seed=0, overrides={"algorithm.name": "fixmatch"}),
+        make_run(root, "fm1", 0.94, seed=1, overrides={"algorithm.name": "fixmatch"}),
+        make_run(root, "il0", 0.950, seed=0, rows=stuck_mask_rows(0.9)),
+        make_run(root, "il1", 0.955, seed=1, rows=stuck_mask_rows(0.01)),
+    ]
+
+
+def signature_lines(report: Path) -> list[str]:
+    text = report.read_text()
+    section = text[text.index("## Failure signatures"):]
+    return [line for line in section.splitlines()[1:] if line and not line.startswith("Checked")
+            and not line.startswith("![") and not line.startswith("Plots need")]
+
+
+def test_report_lists_failure_signatures_per_variant_and_seed(tmp_path: Path) -> None:
+    report = write_report(signature_runs(tmp_path / "runs"), tmp_path / "out")
+    assert signature_lines(report) == [
+        "- algorithm.name=fixmatch, all seeds, `seed_spread`: high variance across seeds: final "
+        "test top-1 has a seed-to-seed sd of 2.8 pts (> 1) over 2 seeds (0: 90.0, 1: 94.0)",
+        "- algorithm.name=interlude, seed 1, `mask_rate_stuck`: mask rate stuck near zero: mean "
+        "mask_rate 0.010 (< 0.05) over the last 20% of training (steps 90-100): almost no "
+        "unlabeled image passes the confidence threshold",
+    ]
+    assert len(table_rows(report)) == 2  # the table is unchanged by the section after it
+
+
+def test_report_says_when_no_signature_is_found(tmp_path: Path) -> None:
+    runs = [make_run(tmp_path / "runs", f"il{s}", 0.95 + s / 1000, seed=s,
+                     rows=stuck_mask_rows(0.9)) for s in (0, 1)]
+    assert signature_lines(write_report(runs, tmp_path / "out")) == ["None found."]
+
+
+def test_report_cli_prints_signatures_and_takes_thresholds(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    dirs = [str(d) for d in signature_runs(tmp_path / "runs")]
+    assert main(["report", *dirs, "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("warning: algorithm.name=fixmatch, all seeds: high variance across "
+                             "seeds: final test top-1 has a seed-to-seed sd of 2.8 pts")
+    assert out[1].startswith("warning: algorithm.name=interlude, seed 1: mask rate stuck near "
+                             "zero: mean mask_rate 0.010")
+    assert out[2:] == [str(tmp_path / "out" / "report.md")]
+    # a looser seed threshold and a lower mask floor: nothing left to report
+    args = ["report", *dirs, "--out", str(tmp_path / "out2"), "--threshold", "seed_sd=3",
+            "--threshold", "mask_floor=0.005"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "failure signatures: none found"
+    assert "sd of the last test top-1 > 3 pts" in (tmp_path / "out2" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("flag", "expected"), [
+    ("seed_spread=2", "error: --threshold seed_spread: unknown threshold; use one of seed_sd, "),
+    ("seed_sd", "error: argument --threshold: expected NAME=NUMBER (e.g. seed_sd=2), got 'seed_sd'"),
+])
+def test_report_cli_bad_threshold_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                              flag: str, expected: str) -> None:
+    run = make_run(tmp_path / "runs", "r0", 0.9, seed=0)
+    try:  # argparse's own errors exit from the parser
+        code = main(["report", str(run), "--out", str(tmp_path / "out"), "--threshold", flag])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(expected) and len(err.splitlines()) == 1

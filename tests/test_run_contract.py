@@ -213,6 +213,29 @@ def test_refused_resume_writes_nothing(tiny_overrides):
     assert _snapshot(run_dir) == before
 
 
+def test_checkpoint_of_another_format_version_is_one_line_naming_both(tiny_overrides, capsys):
+    """A file of an earlier development version is refused, not read with guessed defaults."""
+    run_dir = run(_cfg(tiny_overrides), stop_after=3).run_dir
+    last = run_dir / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    assert state["format_version"] == 2
+    torch.save({**state, "format_version": 1}, last)
+    before = _snapshot(run_dir)
+    expected = (f"{last} is an interlude checkpoint of format 1; this interlude reads format 2: "
+                "retrain, or use the interlude version that wrote it")
+    with pytest.raises(CheckpointError) as refused:
+        Checkpoint.load(last)
+    assert str(refused.value) == expected
+    with pytest.raises(CheckpointError, match="checkpoint of format 1; this interlude reads"):
+        run(_cfg(tiny_overrides), resume=True)
+    assert main(["eval", str(run_dir)]) != 0
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {expected}"]
+    assert _snapshot(run_dir) == before  # nothing rewritten
+    torch.save({k: v for k, v in state.items() if k != "format_version"}, last)
+    with pytest.raises(CheckpointError, match=r"is not an interlude checkpoint \(no format_"):
+        Checkpoint.load(last)
+
+
 def test_bookkeeping_keys_may_change_on_resume(tiny_overrides):
     run(_cfg(tiny_overrides), stop_after=3)
     result = run(_cfg(tiny_overrides, "train.log_interval=2", "train.eval_batch_size=7"),

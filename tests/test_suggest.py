@@ -164,12 +164,13 @@ def test_suggest_ranks_the_pool_as_the_pure_strategy_does(run_dir):
     data = build_data(cfg)
     from interlude.inference import predictor_from_checkpoint
 
-    p = predictor_from_checkpoint(state).predict_proba(data.unlabeled.images)
+    pool = data.unlabeled.images.read(np.arange(len(data.unlabeled)))
+    p = predictor_from_checkpoint(state).predict_proba(pool)
     expected = rank("margin", p, None, 10).indices
     got = suggest_run(run_dir, 10, "margin", progress=False)
     assert got.rows.tolist() == expected.tolist()
     assert got.images.shape == (10, 1, 8, 8)
-    np.testing.assert_array_equal(got.images, data.unlabeled.images[expected])
+    np.testing.assert_array_equal(got.images, data.unlabeled.images.read(expected))
 
 
 def test_unreadable_files_are_skipped_and_reported(run_dir, tmp_path, caplog):
@@ -262,7 +263,7 @@ def test_a_labels_file_label_wins_and_files_are_added(run_dir, tmp_path):
     position = sorted(split["labeled"] + [free[0]]).index(free[0])
     assert data.labeled.labels[position] == 7
     assert data.labeled.labels[-1] == 0
-    np.testing.assert_array_equal(data.labeled.images[-1, 0], image)
+    np.testing.assert_array_equal(data.labeled.images.read([-1])[0, 0], image)
 
 
 @pytest.mark.parametrize("text,message", [

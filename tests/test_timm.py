@@ -242,11 +242,12 @@ def test_data_mean_std_and_bicubic_resize_reach_the_data():
     assert data.mean == pytest.approx((0.4,)) and data.std == pytest.approx((0.4,))  # averaged
     assert data.interpolation == "bicubic"
     native = build_data(load_config(None, []).data)  # the same split, images at 8x8
-    expected = F.interpolate(torch.from_numpy(native.labeled.images[:1]).float(), size=(16, 16),
+    expected = F.interpolate(torch.from_numpy(native.labeled.images.read([0])).float(), size=(16, 16),
                              mode="bicubic", antialias=True).round().clamp(0, 255)
-    assert np.array_equal(data.labeled.images[:1], expected.numpy().astype(np.uint8))
+    assert np.array_equal(data.labeled.images.read([0]), expected.numpy().astype(np.uint8))
     plain = build_data(load_config(None, ["data.resolution=16"]).data)
-    assert not np.array_equal(data.labeled.images[0], plain.labeled.images[0])  # bilinear differs
+    # bilinear differs
+    assert not np.array_equal(data.labeled.images.read([0]), plain.labeled.images.read([0]))
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -40,10 +40,10 @@ def test_item_is_the_per_image_reference(channels):
     item = dataset[key]
     rng = row_rng(3, step, row)
     expected = {
-        "lw": [augment_image(dataset.labeled[li], rng, False, True)],
-        "uw": [augment_image(dataset.unlabeled[j], rng, False, True) for j in ui],
-        "ls": [augment_image(dataset.labeled[li], rng, True, True)],
-        "us": [augment_image(dataset.unlabeled[j], rng, True, True) for j in ui],
+        "lw": [augment_image(dataset.labeled.read([li])[0], rng, False, True)],
+        "uw": [augment_image(dataset.unlabeled.read([j])[0], rng, False, True) for j in ui],
+        "ls": [augment_image(dataset.labeled.read([li])[0], rng, True, True)],
+        "us": [augment_image(dataset.unlabeled.read([j])[0], rng, True, True) for j in ui],
     }
     for view in VIEWS:
         assert item[view].shape == (len(expected[view]), channels, 16, 16)

@@ -36,7 +36,9 @@ __all__ = ["TMP_SUFFIX", "Checkpoint", "NonFiniteState", "RunMeta", "WriteError"
            "build_inference_net", "non_finite_entries", "remove_orphan_temporaries",
            "write_atomic"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Layout of a checkpoint file; files of another version are refused (retrain, or use the
+interlude version that wrote them)."""
 _TRAINING_KEYS = ("optimizer", "scheduler", "algorithm", "rng")
 
 
@@ -54,8 +56,9 @@ class RunMeta:
     image_shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    interpolation: str = "bilinear"
-    """Resize filter of the training images; absent from files of earlier versions (bilinear)."""
+    interpolation: str
+    """Resize filter of the training images (``data.interpolation``): new images are resized the
+    same way."""
 
     @classmethod
     def of_data(cls, data: Any) -> RunMeta:
@@ -106,7 +109,7 @@ class RunMeta:
             stats[key] = tuple(float(v) for v in values)
         if min(stats["std"]) <= 0:
             raise bad(f"std must be positive, got {list(stats['std'])}")
-        interpolation = raw.get("interpolation", "bilinear")
+        interpolation = raw.get("interpolation")
         if interpolation not in ("bilinear", "bicubic"):
             raise bad(f"interpolation must be bilinear or bicubic, got {shown(interpolation)}")
         return cls(int(num_classes), tuple(str(n) for n in names),
@@ -217,7 +220,7 @@ class Checkpoint:
     last_eval: dict[str, Any] = field(default_factory=dict)
     execution: dict[str, Any] | None = None
     """What the rounding depended on when this was written (device type, CPU threads, processes):
-    a resume under other values is not bit-exact, and says so. None in files of earlier versions."""
+    a resume under other values is not bit-exact, and says so. None in a weights-only copy."""
 
     @property
     def primary(self) -> str:
@@ -266,9 +269,14 @@ class Checkpoint:
 
     @classmethod
     def from_dict(cls, state: Any, source: str) -> Checkpoint:
-        if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{source} is not an interlude checkpoint of format "
-                                  f"{FORMAT_VERSION}")
+        if not isinstance(state, dict) or "format_version" not in state:
+            raise CheckpointError(f"{source} is not an interlude checkpoint (no format_version)")
+        version = state["format_version"]
+        if version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{source} is an interlude checkpoint of format {shown(version)}; this interlude "
+                f"reads format {FORMAT_VERSION}: retrain, or use the interlude version that "
+                "wrote it")
         missing = [k for k in ("step", "config", "meta", "model") if k not in state]
         if missing:
             raise CheckpointError(f"{source} lacks {', '.join(missing)}: it is damaged")
@@ -289,10 +297,9 @@ class Checkpoint:
             raise CheckpointError(f"{source}: NaN/inf in {len(bad)} tensor(s), e.g. {bad[0]}; it "
                                   "is damaged: use another checkpoint or retrain")
         meta = RunMeta.from_dict(state["meta"], source)
-        if config.model.arch == "auto":  # written before arch was resolved with the config
-            from interlude.nets import resolve_arch
-
-            config.model.arch = resolve_arch("auto", config.data.name, meta.image_shape[1])
+        if config.model.arch == "auto":  # training saves the resolved network, never "auto"
+            raise CheckpointError(f"{source} does not name its network (model.arch=auto); it "
+                                  "was not written by this interlude: retrain")
         has_training = all(k in state for k in _TRAINING_KEYS)
         return cls(
             step=int(state["step"]), config=config, meta=meta, model=state["model"],

@@ -107,11 +107,31 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from interlude.experiments.report import write_report
+    from interlude.experiments.report import build_report, format_signatures
+    from interlude.experiments.signatures import Thresholds
 
-    path = write_report([Path(d) for d in args.run_dirs], Path(args.out))
-    print(path)
+    try:
+        thresholds = Thresholds().with_values(dict(args.threshold or []))
+    except KeyError as exc:
+        raise InterludeError(f"--threshold {exc.args[0]}: unknown threshold; use one of "
+                             f"{', '.join(Thresholds.names())}") from None
+    report = build_report([Path(d) for d in args.run_dirs], Path(args.out), thresholds)
+    for line in format_signatures(report.signatures):
+        print(line)
+    print(report.path)
     return 0
+
+
+def _threshold(text: str) -> tuple[str, float]:
+    """``--threshold NAME=VALUE``: one failure-signature threshold."""
+    name, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not sep or not name or number != number:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER (e.g. seed_sd=2), got {text!r}")
+    return name, number
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -220,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="Markdown table and plots from run dirs")
     report.add_argument("run_dirs", nargs="+")
     report.add_argument("--out", default="report")
+    report.add_argument("--threshold", type=_threshold, action="append", metavar="NAME=VALUE",
+                        help="change a failure-signature threshold (repeatable): seed_sd, "
+                        "acc_drop (points), unsup_rise, mask_rise, mask_floor, dc_share, pl_tv")
     report.set_defaults(func=cmd_report)
 
     predict = sub.add_parser("predict", help="classify image files (and folders) with a trained run")

@@ -19,6 +19,7 @@ import torch
 
 from interlude.artifact import Checkpoint
 from interlude.data.base import SSLData
+from interlude.data.rows import ImageRows
 from interlude.errors import DataError, shown
 from interlude.files import csv_text, text_cell, write_atomic
 from interlude.inputs import image_files, images_for_model, read_images_skipping
@@ -31,7 +32,7 @@ Model = Callable[[torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def batched_logits(
     model: Model,
-    images: np.ndarray,
+    images: np.ndarray | ImageRows,
     mean: Sequence[float],
     std: Sequence[float],
     batch_size: int = 256,
@@ -156,7 +157,9 @@ def evaluate_run(run_dir: Path, checkpoint: str = "last", split: str = "test",
             + (" (set data.val_per_class > 0 when training)" if split == "val" else "")
         )
     predictor = predictor_from_checkpoint(state, model)
-    logits = predictor.logits(images.images)
+    # the rebuilt images are at the model's resolution already: read by batches, never whole
+    logits = batched_logits(predictor.model, images.images, predictor.mean, predictor.std,
+                            predictor.batch_size, predictor.device)
     metrics = classification_metrics(images.labels, logits.argmax(1), data.num_classes)
     return {"step": state.step, **metrics}
 

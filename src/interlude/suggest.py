@@ -35,6 +35,7 @@ from sklearn.metrics import pairwise_distances
 from torch import nn
 
 from interlude.data.base import SSLData
+from interlude.data.rows import ImageRows, as_rows
 from interlude.errors import DataError
 from interlude.files import write_csv
 
@@ -214,10 +215,9 @@ def probabilities_and_embeddings(
         return softmax(np.concatenate(logits)), torch.cat(embeddings).numpy() if embed else None
 
 
-def row_batches(images: Any, batch_size: int) -> Iterator[np.ndarray]:
-    """Rows of an in-memory or disk-backed ``(N, C, H, W)`` array, ``batch_size`` at a time."""
-    for start in range(0, len(images), batch_size):
-        yield np.asarray(images[start : start + batch_size])
+def row_batches(images: np.ndarray | ImageRows, batch_size: int) -> Iterator[np.ndarray]:
+    """Rows of an in-memory or disk-backed ``(N, C, H, W)`` set, ``batch_size`` at a time."""
+    yield from as_rows(images).chunks(batch_size)
 
 
 # ----------------------------------------------------------------------------- suggestions
@@ -294,7 +294,7 @@ class Pool:
                  rows: np.ndarray | None = None):
         if (images is None) == (read is None):
             raise ValueError("a pool holds images or files read by `read`, not both")
-        self._images = images
+        self._images = None if images is None else as_rows(images)
         self._rows = rows
         """The rows of ``images`` in the pool (None: all); ``index``/``files`` are per pool row."""
         self._read = read
@@ -314,7 +314,7 @@ class Pool:
                 yield from row_batches(self._images, batch_size)
             else:
                 for start in range(0, len(self._rows), batch_size):
-                    yield np.asarray(self._images[self._rows[start : start + batch_size]])
+                    yield self._images.read(self._rows[start : start + batch_size])
             return
         assert self.files is not None and self._read is not None
         self.unreadable.clear()
@@ -333,7 +333,7 @@ class Pool:
     def images_at(self, rows: np.ndarray) -> np.ndarray:
         if self._images is not None:
             stored = rows if self._rows is None else self._rows[rows]
-            return np.asarray(self._images[np.sort(stored)])[np.argsort(np.argsort(stored))]
+            return self._images.read(stored)
         assert self.files is not None and self._read is not None
         images, errors = self._read([self.files[r] for r in rows])
         if len(images) != len(rows):
@@ -418,6 +418,12 @@ def run_pool(data: SSLData) -> Pool:
     ``split.json`` numbers the training pool; rows from an unlabeled folder carry their file
     and follow on after the training pool (``train_pool_size + j``)."""
     split = data.split
+    if "unlabeled" in split:  # data.unlabeled_from: the pool is another dataset's
+        raise DataError(
+            f"this run's unlabeled images come from another dataset "
+            f"({split.get('sources', {}).get('unlabeled', 'data.unlabeled_from')}), whose rows "
+            "data.labels_file cannot name; suggest from a run trained without data.unlabeled_from"
+        )
     size = int(split.get("train_pool_size", 0))
     taken = np.zeros(size, dtype=bool)
     taken[list(split.get("labeled", []))] = True

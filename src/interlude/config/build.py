@@ -361,6 +361,13 @@ def _check_run_name(name: str | None) -> None:
 
 
 def _check_inputs(d: DataConfig) -> None:
+    if d.unlabeled_from not in (None, d.name) and (d.labeled_classes is not None
+                                                    or d.outlier_ratio > 0):
+        raise ConfigError(
+            f"data.unlabeled_from={shown(d.unlabeled_from)} cannot be combined with the open-set keys "
+            "data.labeled_classes/data.outlier_ratio (the open set is drawn from data.name's own "
+            "pool); unset one of them"
+        )
     if (d.mean is None) != (d.std is None):
         raise ConfigError(
             f"data.mean={shown(d.mean)} and data.std={shown(d.std)}: give both (one value per channel) or "

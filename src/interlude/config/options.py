@@ -102,10 +102,6 @@ class DataConfig(Options):
     """Folder holding the dataset files (standard benchmarks)."""
     download: bool = Field(False, json_schema_extra=BOOKKEEPING)
     """Download standard datasets with torchvision when they are missing (needs the `vision` extra)."""
-    unlabeled_from: str | None = None
-    """Dataset whose training pool is the unlabeled pool; None = `data.name`."""
-    test_from: str | None = None
-    """Dataset whose test set the run is evaluated on; None = `data.name`."""
     labels_per_class: int = Field(4, ge=1, le=10**6)
     """Labeled images per class drawn from the training pool (class-balanced)."""
     data_seed: int = Field(0, ge=0, le=SEED_MAX)
@@ -135,6 +131,11 @@ class DataConfig(Options):
     """Open-set: classes kept for the labeled/test sets (None = all classes)."""
     outlier_ratio: float = Field(0.0, ge=0, lt=1)
     """Open-set: fraction of the unlabeled pool drawn from classes outside `labeled_classes`."""
+    unlabeled_from: str | None = None
+    """Dataset whose training pool gives the unlabeled images (domain shift: all of them, resized
+    and channel-matched to `data.name`'s images); None = data.name."""
+    test_from: str | None = None
+    """Dataset whose test set is the run's test set (converted the same way); None = data.name."""
     class_weighted_loss: bool = False
     """Weight the supervised CE by the normalised inverse labeled class frequency (TMED style)."""
     cache: bool = Field(True, json_schema_extra=BOOKKEEPING)

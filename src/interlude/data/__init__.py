@@ -21,14 +21,24 @@ __all__ = [
 
 
 def build_data(cfg: DataConfig) -> SSLData:
-    """Load the dataset named in ``cfg`` and draw its labeled split."""
+    """Load the dataset named in ``cfg`` and draw its labeled split.
+
+    With ``data.unlabeled_from``/``data.test_from`` the other datasets are loaded too, converted
+    to this one's image geometry (``interlude.data.sources``); the test set is swapped before
+    the open set, which then keeps only the labeled classes of whichever test set it is.
+    """
     raw = load_raw(cfg)
     if cfg.resolution is not None:  # before the open set: large splits already come resized
         from interlude.data.transforms import resize_raw
 
         raw = resize_raw(raw, cfg.resolution, cfg.interpolation or "bilinear")
+    sources = None
+    if (cfg.unlabeled_from or cfg.name) != cfg.name or (cfg.test_from or cfg.name) != cfg.name:
+        from interlude.data.sources import mixed_sources
+
+        raw, sources = mixed_sources(raw, cfg)
     if cfg.labeled_classes is not None or cfg.outlier_ratio > 0:
         from interlude.data.openset import make_open_set
 
         raw = make_open_set(raw, cfg)
-    return build_ssl_data(raw, cfg)
+    return build_ssl_data(raw, cfg, sources)

@@ -1,11 +1,12 @@
 """Containers shared by every dataset.
 
-Images are kept as ``uint8`` arrays in ``(N, C, H, W)`` layout. Large sets (an image folder,
-STL-10's 100k unlabeled images, SVHN's extra split) stay on disk as a
-:class:`~interlude.data.ondisk.DiskImages` from the image cache, which reads only the rows asked
-for; code that handles a whole set must go by chunks of rows (``is_disk_backed`` tells).
-Augmentation and normalisation happen later, on tensors, so a dataset loader only has to read
-files.
+Images are ``uint8`` rows in ``(N, C, H, W)`` layout, held as
+:class:`~interlude.data.rows.ImageRows` and read only through it (by index, by chunks, or a
+window): in RAM, or, for large sets (an image folder, STL-10's 100k unlabeled images, SVHN's
+extra split), on disk as a :class:`~interlude.data.ondisk.DiskImages` from the image cache, which
+reads only the rows asked for. The same code reads every backing, and none can be copied whole
+into RAM by accident. Augmentation and normalisation happen later, on tensors, so a dataset
+loader only has to read files.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from interlude.data.rows import ImageRows, as_rows
 from interlude.errors import DataError
 
 UNLABELED = -1
@@ -21,13 +23,20 @@ UNLABELED = -1
 
 @dataclass
 class ImageSet:
-    """Images ``(N, C, H, W)`` uint8 and integer labels ``(N,)`` (``-1`` = unknown)."""
+    """Images ``(N, C, H, W)`` uint8 and integer labels ``(N,)`` (``-1`` = unknown).
 
-    images: np.ndarray
+    ``images`` may be given as a numpy array: it is wrapped as rows, so every set reads alike.
+    """
+
+    images: ImageRows
     labels: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4:
+        try:
+            self.images = as_rows(self.images)
+        except TypeError as exc:
+            raise DataError(str(exc)) from None
+        if len(self.images.shape) != 4:
             raise DataError(
                 f"images must be (N, C, H, W), got shape {tuple(self.images.shape)}"
             )
@@ -43,8 +52,9 @@ class ImageSet:
         return len(self.images)
 
     def subset(self, indices: np.ndarray) -> ImageSet:
+        """The rows ``indices``, read into RAM."""
         indices = np.asarray(indices, dtype=np.int64)
-        return ImageSet(np.ascontiguousarray(self.images[indices]), self.labels[indices])
+        return ImageSet(self.images.read(indices), self.labels[indices])
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -40,8 +40,9 @@ def from_arrays(
 ) -> RawDataset:
     """Build a RawDataset from (N, C, H, W) uint8 images with a fixed stratified test hold-out."""
     pool_idx, test_idx = stratified_holdout(labels, test_per_class)
-    train = ImageSet(images[pool_idx], labels[pool_idx])
-    mean, std = channel_stats(train.images)
+    pool = images[pool_idx]
+    train = ImageSet(pool, labels[pool_idx])
+    mean, std = channel_stats(pool)
     return RawDataset(
         name=name,
         train=train,

@@ -43,6 +43,7 @@ from typing import IO, Any
 import numpy as np
 
 from interlude.data.ondisk import DiskImages
+from interlude.data.rows import ImageRows, as_rows
 from interlude.errors import DataError, shown
 from interlude.files import TMP_SUFFIX, open_lock_file, parse_json, write_atomic
 
@@ -104,15 +105,17 @@ def rows_per_chunk(row_bytes: int, budget: int = 32 << 20) -> int:
     return max(1, budget // max(1, row_bytes))
 
 
-def to_luma(rgb: np.ndarray) -> np.ndarray:
+def to_luma(rgb: np.ndarray | ImageRows) -> np.ndarray:
     """(N, 3, H, W) -> (N, 1, H, W) with PIL's ITU-R 601-2 integer formula (exact for gray)."""
     out = np.empty((len(rgb), 1, *rgb.shape[2:]), dtype=np.uint8)
     chunk = rows_per_chunk(4 * int(np.prod(rgb.shape[1:])))  # uint32 intermediate
-    for start in range(0, len(rgb), chunk):
-        c = np.asarray(rgb[start : start + chunk]).astype(np.uint32)
-        out[start : start + chunk, 0] = (
+    start = 0
+    for rows in as_rows(rgb).chunks(chunk):
+        c = rows.astype(np.uint32)
+        out[start : start + len(rows), 0] = (
             c[:, 0] * 19595 + c[:, 1] * 38470 + c[:, 2] * 7471 + 0x8000
         ) >> 16
+        start += len(rows)
     return out
 
 

@@ -175,9 +175,9 @@ def as_luma(decoded: FolderSet, cache_dir: Path | None) -> Any:
     chunk = rows_per_chunk(int(np.prod(spec.shape)))
 
     def build(writer: RowWriter) -> dict:
-        for start in range(0, rows, chunk):
-            writer.write(to_luma(rgb[start : start + chunk]))
-            writer.progress(min(chunk, rows - start))
+        for part in rgb.chunks(chunk):
+            writer.write(to_luma(part))
+            writer.progress(len(part))
         return {"from": spec.key}
 
     def check(info: Any, count: int) -> None:

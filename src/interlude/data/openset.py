@@ -55,7 +55,7 @@ def make_open_set(raw: RawDataset, cfg: DataConfig) -> RawDataset:
     log.info(notes[-1])
     if len(outliers):
         outlier_set = ImageSet(
-            np.ascontiguousarray(raw.train.images[outliers]),
+            raw.train.images.read(outliers),
             np.full(len(outliers), UNLABELED, dtype=np.int64),
         )
         extra = outlier_set if extra is None else concat_sets(extra, outlier_set)

@@ -8,6 +8,7 @@ saved as ``split.json`` beside every run and can be reused with ``data.split_fil
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +16,35 @@ import numpy as np
 from interlude.config import DataConfig
 from interlude.data.base import UNLABELED, ImageSet, RawDataset, SSLData
 from interlude.data.labels_file import AddedLabels, read_labels_file
-from interlude.data.ondisk import ConcatImages, is_disk_backed
+from interlude.data.rows import ArrayRows, concat_rows
 from interlude.errors import DataError, shown
 from interlude.files import parse_json
 
-__all__ = ["ConcatImages", "build_ssl_data", "concat_sets", "draw_split", "load_split_file",
+__all__ = ["Sources", "build_ssl_data", "concat_sets", "draw_split", "load_split_file",
            "pool_fingerprint"]
 
 _FINGERPRINT_ROWS = 4096
+
+
+@dataclass
+class Sources:
+    """Which dataset gives each part of a run (``data.unlabeled_from``/``data.test_from``).
+
+    ``unlabeled_pool`` is the other dataset's pool (at the run's image geometry) when the
+    unlabeled images come from another dataset; None = the labeled pool's remainder.
+    """
+
+    labeled: str
+    unlabeled: str
+    test: str
+    unlabeled_pool: ImageSet | None = None
+
+    def names(self) -> dict[str, str]:
+        return {"labeled": self.labeled, "unlabeled": self.unlabeled, "test": self.test}
+
+
+def _plain_sources(dataset: str) -> dict[str, str]:
+    return {"labeled": dataset, "unlabeled": dataset, "test": dataset}
 
 
 def draw_split(
@@ -78,17 +100,20 @@ def pool_fingerprint(pool: ImageSet) -> str:
     digest = hashlib.blake2b(digest_size=12)
     digest.update(repr(tuple(pool.images.shape)).encode())
     digest.update(np.ascontiguousarray(pool.labels).tobytes())
-    for start in range(0, len(pool), _FINGERPRINT_ROWS):  # by chunks: a pool may be on disk
-        digest.update(np.ascontiguousarray(pool.images[start : start + _FINGERPRINT_ROWS]).tobytes())
+    for rows in pool.images.chunks(_FINGERPRINT_ROWS):  # by chunks: a pool may be on disk
+        digest.update(np.ascontiguousarray(rows).tobytes())
     return digest.hexdigest()
 
 
-def load_split_file(path: str | Path, pool: ImageSet, dataset: str) -> dict[str, list[int]]:
+def load_split_file(path: str | Path, pool: ImageSet, dataset: str,
+                    sources: Sources | None = None) -> dict[str, list[int]]:
     """Read a ``split.json`` (an earlier run's) and check it fits this dataset's training pool.
 
     The file is user input: indices must be integers (no floats, booleans or strings), unique,
     inside the pool, and labeled and validation sets must not overlap; a split recorded for
-    another dataset or another pool (its fingerprint) is refused.
+    another dataset, another pool (its fingerprint) or other sources (``data.unlabeled_from``,
+    ``data.test_from``) is refused. With an unlabeled pool from another dataset the result also
+    holds ``unlabeled``: indices into that pool, checked the same way.
     """
     path = Path(path)
     pool_size = len(pool)
@@ -107,16 +132,7 @@ def load_split_file(path: str | Path, pool: ImageSet, dataset: str) -> dict[str,
         raise refuse("is not a split file written by interlude (needs 'labeled' and 'val')")
     split: dict[str, list[int]] = {}
     for key in ("labeled", "val"):
-        values = saved.get(key)
-        if not isinstance(values, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in values
-        ):
-            raise refuse(f"needs '{key}' as a list of integer indices")
-        if len(set(values)) != len(values):
-            raise refuse(f"lists an index twice in '{key}'")
-        if values and (min(values) < 0 or max(values) >= pool_size):
-            raise refuse(f"holds '{key}' indices outside the training pool of {pool_size} images")
-        split[key] = values
+        split[key] = _indices(saved, key, pool_size, "the training pool", refuse)
     overlap = set(split["labeled"]) & set(split["val"])
     if overlap:
         raise refuse(f"puts {len(overlap)} image(s) in both 'labeled' and 'val' "
@@ -125,17 +141,66 @@ def load_split_file(path: str | Path, pool: ImageSet, dataset: str) -> dict[str,
         raise refuse("has no labeled index")
     if "dataset" in saved and saved["dataset"] != dataset:
         raise refuse(f"was made for dataset {shown(saved['dataset'])}, not {shown(dataset)}")
+    _check_sources(saved, dataset, sources, refuse)
     if saved.get("train_pool_size", pool_size) != pool_size:
         raise refuse(f"was made for a training pool of {saved['train_pool_size']} images, but "
                      f"this one has {pool_size}")
     if "pool_fingerprint" in saved and saved["pool_fingerprint"] != pool_fingerprint(pool):
         raise refuse("was made for another set of files (the training pool's fingerprint "
                      "differs: images added, removed, changed or reordered)")
+    if sources is not None and sources.unlabeled_pool is not None:
+        split["unlabeled"] = _foreign_indices(saved, sources.unlabeled_pool, refuse)
     return split
 
 
-def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
-    """Turn a loader's :class:`RawDataset` into the labeled / unlabeled / val / test sets."""
+def _check_sources(saved: dict, dataset: str, sources: Sources | None, refuse) -> None:
+    """A split made for other sources would silently train on other images: refuse it."""
+    expected = sources.names() if sources is not None else _plain_sources(dataset)
+    recorded = saved.get("sources", _plain_sources(saved.get("dataset", dataset)))
+    if recorded != expected:
+        def show(names: object) -> str:
+            if not isinstance(names, dict):
+                return shown(names)
+            return ", ".join(f"{part}={shown(names.get(part))}" for part in expected)
+
+        raise refuse(f"was made for sources {show(recorded)}, not {show(expected)}")
+
+
+def _foreign_indices(saved: dict, pool: ImageSet, refuse) -> list[int]:
+    """The recorded rows of an unlabeled pool from another dataset, checked against that pool."""
+    if saved.get("unlabeled_pool_size") != len(pool):
+        raise refuse(f"was made for an unlabeled pool of {shown(saved.get('unlabeled_pool_size'))}"
+                     f" images, but this one has {len(pool)}")
+    if saved.get("unlabeled_pool_fingerprint") != pool_fingerprint(pool):
+        raise refuse("was made for another unlabeled pool (its fingerprint differs: images "
+                      "added, removed, changed, reordered or converted to another size)")
+    values = _indices(saved, "unlabeled", len(pool), "the unlabeled pool", refuse)
+    if not values:
+        raise refuse("has no unlabeled index")
+    return values
+
+
+def _indices(saved: dict, key: str, size: int, what: str, refuse) -> list[int]:
+    """``saved[key]`` as unique integer indices in ``0..size-1`` (the file is user input)."""
+    values = saved.get(key)
+    if not isinstance(values, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    ):
+        raise refuse(f"needs '{key}' as a list of integer indices")
+    if len(set(values)) != len(values):
+        raise refuse(f"lists an index twice in '{key}'")
+    if values and (min(values) < 0 or max(values) >= size):
+        raise refuse(f"holds '{key}' indices outside {what} of {size} images")
+    return values
+
+
+def build_ssl_data(raw: RawDataset, cfg: DataConfig, sources: Sources | None = None) -> SSLData:
+    """Turn a loader's :class:`RawDataset` into the labeled / unlabeled / val / test sets.
+
+    ``sources`` (``data.unlabeled_from``/``data.test_from``): with an unlabeled pool from
+    another dataset, the unlabeled set is that pool (all of it, or the rows a reused split file
+    lists) instead of this pool's remainder; the sources are recorded in the split.
+    """
     pool = raw.train
     known = pool.labels[pool.labels != UNLABELED]
     if len(known) and (known.min() < 0 or known.max() >= raw.num_classes):
@@ -143,14 +208,17 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
             f"{raw.name}: labels must be in 0..{raw.num_classes - 1}, found "
             f"{int(known.min())}..{int(known.max())}"
         )
+    foreign = sources.unlabeled_pool if sources is not None else None
     if cfg.split_file:
-        split = load_split_file(cfg.split_file, pool, raw.name)
+        split = load_split_file(cfg.split_file, pool, raw.name, sources)
     else:
         split = draw_split(
             pool.labels, raw.num_classes,
             None if raw.all_train_labeled else cfg.labels_per_class, cfg.val_per_class,
             cfg.data_seed, raw.class_names,
         )
+        if foreign is not None:
+            split["unlabeled"] = list(range(len(foreign)))
     added = read_labels_file(cfg.labels_file, raw.class_names) if cfg.labels_file else None
     if added is not None:
         split = _with_added_indices(split, added, len(pool), cfg.labels_file)
@@ -167,9 +235,12 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
     taken = np.zeros(len(pool), dtype=bool)
     taken[split["labeled"]] = True
     taken[split["val"]] = True
-    unlabeled = pool.subset(np.flatnonzero(~taken))
-    if raw.extra_unlabeled is not None and len(raw.extra_unlabeled):
-        unlabeled = concat_sets(unlabeled, raw.extra_unlabeled)
+    if foreign is not None:
+        unlabeled = _rows(foreign, split["unlabeled"])
+    else:
+        unlabeled = pool.subset(np.flatnonzero(~taken))
+        if raw.extra_unlabeled is not None and len(raw.extra_unlabeled):
+            unlabeled = concat_sets(unlabeled, raw.extra_unlabeled)
     if len(unlabeled) == 0:
         raise DataError(
             f"{raw.name}: no unlabeled images remain after the split; semi-supervised training "
@@ -189,6 +260,12 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
     }
     if raw.all_train_labeled:
         record["all_train_labeled"] = True
+    if sources is not None:
+        record["sources"] = sources.names()
+        if foreign is not None:
+            record["unlabeled_pool_size"] = len(foreign)
+            record["unlabeled_pool_fingerprint"] = pool_fingerprint(foreign)
+            record["unlabeled"] = split["unlabeled"]
     if added is not None:
         record["labels_file"] = str(cfg.labels_file)
         record["labels_file_images"] = len(added.files)
@@ -205,6 +282,14 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig) -> SSLData:
         interpolation=cfg.interpolation or "bilinear",
         extra_unlabeled_files=raw.extra_unlabeled_files,
     )
+
+
+def _rows(images: ImageSet, rows: list[int]) -> ImageSet:
+    """``images`` itself when ``rows`` is all of it in order (a disk-backed pool stays on disk),
+    else those rows."""
+    if rows == list(range(len(images))):
+        return images
+    return images.subset(np.asarray(rows, dtype=np.int64))
 
 
 def _with_added_indices(split: dict[str, list[int]], added: AddedLabels, pool_size: int,
@@ -235,7 +320,7 @@ def _with_added_labels(labeled: ImageSet, rows: list[int], added: AddedLabels,
         return ImageSet(labeled.images, labels)
     channels, height, width = labeled.shape
     images = read_images(list(added.files), channels, height, width, interpolation)
-    return ImageSet(np.concatenate([labeled.images, images]),
+    return ImageSet(concat_rows([labeled.images, ArrayRows(images)]),
                     np.concatenate([labels, np.fromiter(added.files.values(), np.int64)]))
 
 
@@ -268,12 +353,4 @@ def concat_sets(a: ImageSet, b: ImageSet) -> ImageSet:
         return a
     if a.shape != b.shape:
         raise DataError(f"unlabeled images of shape {b.shape} do not match {a.shape}")
-    labels = np.concatenate([a.labels, b.labels])
-    parts = [*_parts(a.images), *_parts(b.images)]
-    if any(is_disk_backed(p) for p in parts):
-        return ImageSet(ConcatImages(parts), labels)  # type: ignore[arg-type]
-    return ImageSet(np.concatenate(parts), labels)
-
-
-def _parts(images: np.ndarray) -> list[np.ndarray]:
-    return list(images.parts) if isinstance(images, ConcatImages) else [images]
+    return ImageSet(concat_rows([a.images, b.images]), np.concatenate([a.labels, b.labels]))

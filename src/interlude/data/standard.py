@@ -36,6 +36,7 @@ from interlude.data.cache import (
 )
 from interlude.data.matfile import MatFormatError, open_uint8
 from interlude.data.registry import register_dataset
+from interlude.data.rows import concat_rows
 from interlude.data.transforms import resize_images
 from interlude.errors import DataError
 
@@ -250,7 +251,7 @@ def _names(path: Path, key: str, expected: int) -> list[str]:
 
 def _stack(sets: list[ImageSet]) -> ImageSet:
     return ImageSet(
-        np.concatenate([s.images for s in sets]), np.concatenate([s.labels for s in sets])
+        concat_rows([s.images for s in sets]), np.concatenate([s.labels for s in sets])
     )
 
 

@@ -7,27 +7,31 @@ import torch
 import torch.nn.functional as F
 
 from interlude.data.base import ImageSet, RawDataset
+from interlude.data.rows import ImageRows, as_rows
 
 
 def resize_images(
-    images: np.ndarray, size: int | tuple[int, int], chunk: int = 4096,
+    images: np.ndarray | ImageRows, size: int | tuple[int, int], chunk: int = 4096,
     interpolation: str = "bilinear",
-) -> np.ndarray:
+) -> np.ndarray | ImageRows:
     """Resize uint8 (N, C, H, W) images to ``size`` (side, or (height, width)), antialiased, with
-    the ``bilinear`` or ``bicubic`` filter (``data.interpolation``)."""
+    the ``bilinear`` or ``bicubic`` filter (``data.interpolation``), ``chunk`` rows at a time.
+    Images already at the size are returned as they are (a disk-backed set stays on disk)."""
     height, width = (size, size) if isinstance(size, int) else size
-    if images.shape[-2:] == (height, width):
+    if tuple(images.shape[-2:]) == (height, width):
         return images
     out = np.empty((len(images), images.shape[1], height, width), dtype=np.uint8)
-    for start in range(0, len(images), chunk):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk])).float()
+    start = 0
+    for rows in as_rows(images).chunks(chunk):
+        batch = torch.from_numpy(np.ascontiguousarray(rows)).float()
         resized = F.interpolate(batch, size=(height, width), mode=interpolation, antialias=True)
-        out[start : start + chunk] = resized.round().clamp(0, 255).to(torch.uint8).numpy()
+        out[start : start + len(rows)] = resized.round().clamp(0, 255).to(torch.uint8).numpy()
+        start += len(rows)
     return out
 
 
 def _resize_set(images: ImageSet | None, size: int, interpolation: str) -> ImageSet | None:
-    if images is None or images.images.shape[-2:] == (size, size):
+    if images is None or tuple(images.images.shape[-2:]) == (size, size):
         return images  # as it is: a disk-backed set already at the size stays on disk
     return ImageSet(resize_images(images.images, size, interpolation=interpolation), images.labels)
 

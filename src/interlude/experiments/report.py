@@ -11,6 +11,10 @@ Plots: test top-1 against step as the mean over seeds with a min-max band per va
 last top-1 (mean ± std, one dot per seed, the value written above each bar) on a y-axis cut near the
 data when the variants are close; and, for a sweep of one numeric key, that key against top-1.
 
+Failure signatures (:mod:`interlude.experiments.signatures`): each variant's seed spread, and each
+run's over-regularisation, mask-rate, DC-share and pseudo-label-skew rules, are listed with their
+numbers in a "Failure signatures" section (and returned to the CLI, which prints them).
+
 Plots need matplotlib (``pip install 'interlude[plots]'``); without it only the table is written.
 """
 
@@ -21,11 +25,20 @@ import statistics
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from interlude.config import BOOKKEEPING_KEYS, ROUNDING_KEYS, diff, dotted
 from interlude.errors import InterludeError
+from interlude.experiments.signatures import (
+    DEFAULT,
+    TAIL_FRACTION,
+    Signature,
+    Thresholds,
+    group_signatures,
+    run_signatures,
+)
 from interlude.files import parse_json, write_atomic
 from interlude.train.logger import read_jsonl
 
@@ -67,12 +80,17 @@ class Run:
             return None
         return _number((self.summary.get("best") or {}).get(f"test/{self.model}/{metric}"))
 
+    @cached_property
+    def records(self) -> list[dict[str, Any]]:
+        """The rows of metrics.jsonl (read once: the curves and the signatures both use them)."""
+        return read_jsonl(self.path / "metrics.jsonl")
+
     def curve(self) -> tuple[list[int], list[float]]:
         """(steps, test top-1) of the primary model from the eval rows of metrics.jsonl."""
         key = f"test/{self.model}/top1"
         steps: list[int] = []
         values: list[float] = []
-        for row in read_jsonl(self.path / "metrics.jsonl"):
+        for row in self.records:
             value = _number(row.get(key))
             if row.get("kind") == "eval" and value is not None and "step" in row:
                 steps.append(int(row["step"]))
@@ -92,24 +110,65 @@ class Variant:
         return [v for v in (r.last("top1") for r in self.runs) if v is not None]
 
 
-def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
+@dataclass
+class Found:
+    """A failure signature of a variant: of one of its runs (``seed``) or of its seeds together
+    (``of_seeds``)."""
+
+    variant: str
+    seed: Any
+    signature: Signature
+    of_seeds: bool = False
+
+    def where(self) -> str:
+        return f"{self.variant}, " + ("all seeds" if self.of_seeds else f"seed {self.seed}")
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` wrote and found."""
+
+    path: Path
+    signatures: list[Found]
+
+
+def write_report(run_dirs: list[Path], out_dir: Path,
+                 thresholds: Thresholds = DEFAULT) -> Path:
     """Write ``report.md`` (and PNG plots when matplotlib is present) to out_dir; return its path.
 
     Each entry of run_dirs is a run directory or any folder above run directories (e.g. a sweep's
     output); runs without ``summary.json`` (interrupted) are skipped with a note on stderr.
     """
+    return build_report(run_dirs, out_dir, thresholds).path
+
+
+def build_report(run_dirs: list[Path], out_dir: Path, thresholds: Thresholds = DEFAULT) -> Report:
+    """:func:`write_report`, also returning the failure signatures found (the CLI prints them)."""
     runs = load_runs(run_dirs)
     if not runs:
         given = ", ".join(str(d) for d in run_dirs) or "(none)"
         raise ReportError(f"no finished run (a directory with summary.json) found under: {given}")
     variants = group_variants(runs)
+    found = find_signatures(variants, thresholds)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(variants, out_dir)
     if plots is None:
         _note(f"wrote the table only. {PLOTS_HINT}")
     path = out_dir / "report.md"
-    write_atomic(path, render_markdown(runs, variants, plots))
-    return path
+    write_atomic(path, render_markdown(runs, variants, plots, found, thresholds))
+    return Report(path, found)
+
+
+def find_signatures(variants: list[Variant], thresholds: Thresholds = DEFAULT) -> list[Found]:
+    """Per variant: the signatures of its seeds together, then those of each run."""
+    found = []
+    for v in variants:
+        spread = group_signatures({r.seed: r.last("top1") for r in v.runs}, thresholds)
+        found += [Found(v.label, None, s, of_seeds=True) for s in spread]
+        for run in v.runs:
+            signatures = run_signatures(run.records, run.config, run.model, thresholds)
+            found += [Found(v.label, run.seed, s) for s in signatures]
+    return found
 
 
 # --- finding and loading runs -------------------------------------------------------------------
@@ -264,8 +323,10 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def render_markdown(runs: list[Run], variants: list[Variant], plots: list[str] | None) -> str:
-    """The report text; plots is the list of written PNG names, or None when matplotlib is missing."""
+def render_markdown(runs: list[Run], variants: list[Variant], plots: list[str] | None,
+                    found: list[Found], thresholds: Thresholds = DEFAULT) -> str:
+    """The report text; plots is the list of written PNG names, or None when matplotlib is missing;
+    found the failure signatures (an empty list: "none found")."""
     header = [
         "variant",
         "seeds (n)",
@@ -284,12 +345,39 @@ def render_markdown(runs: list[Run], variants: list[Variant], plots: list[str] |
         "Mean ± sample std over seeds (`-` for the spread of a single seed); "
         "selected = val-selected checkpoint (runs with val only).",
     ]
-    lines.append("")
+    lines += ["", *signature_section(found, thresholds), ""]
     if plots is None:
         lines.append(PLOTS_HINT)
     else:
         lines += [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def signature_section(found: list[Found], thresholds: Thresholds = DEFAULT) -> list[str]:
+    """The "Failure signatures" section: one bullet per signature (variant, seed, rule, message)."""
+    t = thresholds
+    lines = ["## Failure signatures", ""]
+    if found:
+        lines += [f"- {f.where()}, `{f.signature.rule}`: {f.signature.message}" for f in found]
+    else:
+        lines.append("None found.")
+    lines += [
+        "",
+        f"Checked: seed sd of the last test top-1 > {t.seed_sd:g} pts; labeled (or val) top-1 "
+        f"down > {t.acc_drop:g} pts from its best while loss_unsup (+ loss_dc) rose > "
+        f"{t.unsup_rise:.0%}; over the last {TAIL_FRACTION:.0%} of the train records: mask rate "
+        f"rising > {t.mask_rise:g} or mean < {t.mask_floor:g}, lambda_dc * loss_dc > "
+        f"{t.dc_share:.0%} of loss, pseudo-label histogram > {t.pl_tv:g} (total variation) from "
+        "the labeled prior. A rule whose metrics a run did not log is skipped.",
+    ]
+    return lines
+
+
+def format_signatures(found: list[Found]) -> list[str]:
+    """Console lines for the signatures found, one per signature, or one saying there are none."""
+    if not found:
+        return ["failure signatures: none found"]
+    return [f"warning: {f.where()}: {f.signature.message}" for f in found]
 
 
 def _md_row(cells: list[str]) -> str:

@@ -10,6 +10,7 @@
         trainer = _assemble(cfg, data, ...)     # algorithm, model (fusion fixed), Trainer
         write config.yaml + split.json          # (after --overwrite cleared the old run)
         trainer.fit()
+        warn_signatures(...)                    # failure signatures of the finished run, logged
 
 Nothing is written to the run directory until the run is known to be valid, so a refused resume or
 a failed start leaves the directory as it was.
@@ -283,5 +284,16 @@ def _run_owned(cfg: Config, run_dir: RunDir, dist: DistContext, resume: bool,
     dist.barrier()
     summary = trainer.fit(stop_after=stop_after)
     dist.barrier()  # rank 0 has written summary.json before any rank returns
+    if dist.is_main and not summary.get("interrupted", False):
+        warn_signatures(run_dir.path, summary.get("primary_model"))
     return RunResult(run_dir.path, summary, trainer.checkpoint(False).weights_only(),
                      trainer.stop_signal)
+
+
+def warn_signatures(run_dir: Path, model: str | None = None) -> None:
+    """Log the failure signatures of a finished run (one warning line each), so the user reads
+    them at the end of training and not only in ``interlude report``."""
+    from interlude.experiments.signatures import run_dir_signatures
+
+    for signature in run_dir_signatures(run_dir, model):
+        log.warning("warning: %s [%s]", signature.message, signature.rule)

@@ -10,7 +10,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 from torch import nn
 
 from interlude.data.base import ImageSet
-from interlude.data.ondisk import row_window
+from interlude.data.rows import ImageRows, as_rows
 from interlude.train.distributed import DistContext, shard_range
 
 
@@ -31,22 +31,23 @@ def classification_metrics(
 
 
 @torch.no_grad()
-def logits_in_batches(model, images: np.ndarray, preprocess, batch_size: int, device) -> torch.Tensor:
+def logits_in_batches(model, images: np.ndarray | ImageRows, preprocess, batch_size: int,
+                      device) -> torch.Tensor:
     """Logits ``(N, K)`` (float32, on CPU) of uint8 images ``(N, C, H, W)``, ``batch_size`` at a time.
 
     ``model`` is anything that maps a preprocessed batch to logits (a module already in the mode
     the caller wants, a TorchScript module, an ONNX session wrapper).
     """
     outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+    for rows in as_rows(images).chunks(batch_size):  # a disk-backed set: batch by batch
+        batch = torch.from_numpy(np.ascontiguousarray(rows))
         outputs.append(model(preprocess(batch.to(device))).float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
 def predict_logits(
     model: nn.Module,
-    images: np.ndarray,
+    images: np.ndarray | ImageRows,
     preprocess,
     batch_size: int,
     device: torch.device,
@@ -77,7 +78,7 @@ def evaluate_model(
     start, stop = shard_range(len(images), batch_size, dist.rank, dist.world_size)
     predictions = np.empty(0, dtype=np.int64)
     if stop > start:
-        rows = row_window(images.images, start, stop)  # a disk-backed set: batch by batch
+        rows = images.images.window(start, stop)
         logits = predict_logits(model, rows, preprocess, batch_size, device)
         predictions = logits.argmax(-1).numpy().astype(np.int64)
     gathered = dist.all_gather_object(predictions)

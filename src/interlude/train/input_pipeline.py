@@ -19,12 +19,12 @@ import torch
 from interlude.algorithms.base import Batch
 from interlude.data.augment import augment_views, normalize, to_device, to_float
 from interlude.data.base import ImageSet
-from interlude.data.ondisk import is_disk_backed
 from interlude.data.sampler import STREAM_AUGMENT, StepSampler, step_generator
 from interlude.train.opcount import AUGMENT_RANGE
 from interlude.train.workers import PairedViews, WorkerBatches
 
 DEVICE_RESIDENT_BYTES = 2 << 30  # image sets up to 2 GiB are copied to the device once
+_COPY_ROWS = 8192  # rows copied to the device at a time (bounds the host staging buffer)
 
 
 class Preprocess:
@@ -46,7 +46,7 @@ class Preprocess:
 class ImageStore:
     """The labeled and unlabeled images, read by row: resident on the device when small and in
     RAM (one tensor, labeled rows first, so a step's images are read straight from it by the weak
-    view's gather), else only the step's rows are read on the host and copied (disk-backed pools,
+    view's gather), else only the step's rows are read on the host and copied (rows ``on_disk``,
     the image cache or memory maps, are never copied whole)."""
 
     def __init__(self, labeled: ImageSet, unlabeled: ImageSet | None,
@@ -55,16 +55,16 @@ class ImageStore:
         self.arrays = [labeled.images] + ([unlabeled.images] if unlabeled is not None else [])
         self.offset = len(labeled.images)  # unlabeled image i is row offset + i
         self.on_device = (sum(a.nbytes for a in self.arrays) <= DEVICE_RESIDENT_BYTES
-                          and not any(is_disk_backed(a) for a in self.arrays))
+                          and not any(a.on_disk for a in self.arrays))
         if self.on_device:
             shape = (sum(len(a) for a in self.arrays), *self.arrays[0].shape[1:])
-            self.images = torch.empty(shape, dtype=torch.from_numpy(self.arrays[0][:0]).dtype,
-                                      device=device)
+            self.images = torch.empty(shape, dtype=torch.uint8, device=device)
             start = 0
             for array in self.arrays:
-                self.images[start:start + len(array)].copy_(
-                    torch.from_numpy(np.ascontiguousarray(array)))
-                start += len(array)
+                for rows in array.chunks(_COPY_ROWS):
+                    self.images[start:start + len(rows)].copy_(
+                        torch.from_numpy(np.ascontiguousarray(rows)))
+                    start += len(rows)
             self.arrays = []
 
     def rows(self, labeled: torch.Tensor,
@@ -81,7 +81,7 @@ class ImageStore:
             if idx is None:
                 continue
             order = np.argsort(idx, kind="stable")
-            parts.append(torch.from_numpy(array[idx[order]]))
+            parts.append(torch.from_numpy(array.read(idx[order])))
             row = np.empty(len(idx), dtype=np.int64)
             row[order] = start + np.arange(len(idx))
             rows.append(row)

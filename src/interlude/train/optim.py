@@ -33,8 +33,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
             )
         groups = param_groups_layer_decay(model, weight_decay, no_weight_decay_list=skip,
                                           layer_decay=layer_decay)
-    else:  # decay group first: the order of earlier versions, so their last.pt still resumes
-        groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)[::-1]
+    else:
+        groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
     for group in groups:
         group["lr"] = lr * group.pop("lr_scale", 1.0)
     return groups

@@ -29,6 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from interlude.data.augment import strong_augment_per_image, weak_augment_per_image
+from interlude.data.rows import ImageRows, as_rows
 from interlude.data.sampler import StepSampler, mix_seed
 
 STREAM_WORKER_AUGMENT = 4
@@ -59,14 +60,14 @@ class PairedViews(Dataset):
 
     def __init__(
         self,
-        labeled: np.ndarray,
-        unlabeled: np.ndarray | None,
+        labeled: np.ndarray | ImageRows,
+        unlabeled: np.ndarray | ImageRows | None,
         views: tuple[str, ...],
         hflip: bool,
         seed: int,
     ) -> None:
-        self.labeled = labeled
-        self.unlabeled = unlabeled
+        self.labeled = as_rows(labeled)
+        self.unlabeled = None if unlabeled is None else as_rows(unlabeled)
         self.views = views
         self.hflip = hflip
         self.seed = seed
@@ -77,9 +78,10 @@ class PairedViews(Dataset):
         out: dict[str, np.ndarray] = {}
         for view in self.views:  # natural order, so the rng is consumed in a fixed order
             if view.startswith("l"):
-                sources = [self.labeled[labeled_index]]
+                sources = self.labeled.read([labeled_index])
             else:
-                sources = [self.unlabeled[j] for j in unlabeled_indices]
+                assert self.unlabeled is not None
+                sources = self.unlabeled.read(np.asarray(unlabeled_indices, dtype=np.int64))
             strong = view.endswith("s")
             out[view] = np.stack([augment_image(im, rng, strong, self.hflip) for im in sources])
         return out
