@@ -64,3 +64,31 @@ def test_registries_hold_the_shipped_components():
             assert registry.selecting(component.example) is component
     assert BACKBONES.selecting("timm/resnet18").name == "timm"
     assert BACKBONES.selecting("timm/") is None and BACKBONES.selecting("resnet18") is None
+
+
+def test_a_package_imports_every_module_it_holds(tmp_path, monkeypatch):
+    """How a new component module gets registered without a list of modules to extend."""
+    from interlude.config.registry import import_submodules
+
+    package = tmp_path / "plugins_for_test"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name in ("first", "second"):
+        (package / f"{name}.py").write_text(f"import builtins\nbuiltins.seen_{name} = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import builtins
+
+    import_submodules("plugins_for_test", [str(package)])
+    assert builtins.seen_first and builtins.seen_second
+    del builtins.seen_first, builtins.seen_second
+
+
+def test_every_algorithm_module_is_registered():
+    import pkgutil
+
+    import interlude.algorithms as package
+    from interlude.config import ALGORITHMS
+
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__)} - {"base"}
+    registered = {ALGORITHMS.get(n).target.__module__.rpartition(".")[2] for n in ALGORITHMS.names()}
+    assert registered == modules

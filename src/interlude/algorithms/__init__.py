@@ -1,20 +1,12 @@
 """Semi-supervised algorithms, one file each, with their losses as pure functions.
 
 Each module registers its algorithm and options class with ``@register_algorithm(name,
-Options)``; importing every module here is what registers them (the config reads the registry
-:data:`interlude.config.ALGORITHMS`), so a new algorithm is one new module plus one line below.
+Options)``; this package imports every module it holds, which is what registers them (the config
+reads the registry :data:`interlude.config.ALGORITHMS`), so a new algorithm is one new module.
 """
 
 from __future__ import annotations
 
-from interlude.algorithms import (  # noqa: F401  (imported to register)
-    fixmatch,
-    flexmatch,
-    freematch,
-    interlude,
-    interlude_plus,
-    supervised,
-)
 from interlude.algorithms.base import (
     Algorithm,
     AlgorithmContext,
@@ -25,7 +17,10 @@ from interlude.algorithms.base import (
     register_algorithm,
 )
 from interlude.config import ALGORITHMS, AlgorithmOptions
+from interlude.config.registry import import_submodules
 from interlude.errors import ConfigError
+
+import_submodules(__name__, __path__)  # each algorithm module registers itself
 
 __all__ = [
     "Algorithm",

@@ -19,7 +19,8 @@ registries (:func:`load_components` imports the packages on first use).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -176,6 +177,14 @@ def load_components() -> None:
         _loaded = True
         for package in _PACKAGES:
             importlib.import_module(package)
+
+
+def import_submodules(package: str, path: Iterable[str]) -> None:
+    """Import every module of ``package`` (its ``__path__``), so that each component module
+    registers itself: adding an algorithm, a dataset format or a backbone family is adding a
+    module, with no list of modules to extend."""
+    for module in pkgutil.iter_modules(path):
+        importlib.import_module(f"{package}.{module.name}")
 
 
 def _qualname(obj: Any) -> str:

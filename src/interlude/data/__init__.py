@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from interlude.config import DataConfig
-from interlude.data import arrays, builtin, folder, standard  # noqa: F401  (imported to register)
+from interlude.config.registry import import_submodules
 from interlude.data.base import UNLABELED, ImageSet, RawDataset, SSLData
 from interlude.data.registry import dataset_names, load_raw, register_dataset
 from interlude.data.splits import build_ssl_data
+
+import_submodules(__name__, __path__)  # each dataset format module registers itself
 
 __all__ = [
     "UNLABELED",

@@ -6,11 +6,13 @@ from __future__ import annotations
 from torch import nn
 
 from interlude.config import BACKBONES, DATASETS, ModelConfig
+from interlude.config.registry import import_submodules
 from interlude.errors import ConfigError
-from interlude.nets import small_cnn, timm_net, wrn  # noqa: F401  (imported to register)
 from interlude.nets.fusion import EmbeddingFusion, fuse_with_next
 from interlude.nets.small_cnn import SmallCNN
 from interlude.nets.wrn import WideResNet, wrn28_2, wrn28_8, wrn37_2
+
+import_submodules(__name__, __path__)  # each backbone family module registers itself
 
 __all__ = [
     "EmbeddingFusion",
