@@ -627,3 +627,11 @@ def test_predict_fails_when_no_file_could_be_read(tiny_overrides, tmp_path, caps
     out, err = capsys.readouterr()
     assert "broken.png" in out and "cannot read image" in out  # the row still says why
     assert err.strip().splitlines()[-1].startswith("error: none of the 1 image file(s)")
+
+
+@pytest.mark.parametrize("name", [".", "./", "./.", " . "])
+def test_run_name_cannot_be_the_output_folder_itself(name):
+    # it would make out_dir the run folder: --overwrite would clear every other run in it
+    with pytest.raises(ConfigError, match="names train.out_dir itself"):
+        load_config(None, [f"train.run_name={name}"])
+    assert load_config(None, ["train.run_name=./my-run"]).train.run_name == "./my-run"

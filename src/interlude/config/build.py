@@ -358,6 +358,11 @@ def _check_run_name(name: str | None) -> None:
             f"train.run_name={shown(name)} must name a folder inside train.out_dir (no absolute path, "
             "no '..'); set train.out_dir to choose where runs go"
         )
+    if all(part.strip() in ("", ".") for part in parts):  # `.`, `./`: out_dir itself
+        raise ConfigError(
+            f"train.run_name={shown(name)} names train.out_dir itself, which holds other runs "
+            "(--overwrite would clear them); give the run a folder name such as my-run"
+        )
 
 
 def _check_inputs(d: DataConfig) -> None:
