@@ -635,3 +635,16 @@ def test_run_name_cannot_be_the_output_folder_itself(name):
     with pytest.raises(ConfigError, match="names train.out_dir itself"):
         load_config(None, [f"train.run_name={name}"])
     assert load_config(None, ["train.run_name=./my-run"]).train.run_name == "./my-run"
+
+
+def test_a_sidecar_key_given_twice_is_refused(exported):
+    # plain json keeps the last value: an edited sidecar could then say two things at once
+    import interlude
+    from interlude.export import ExportError
+
+    folder = exported["safetensors"]
+    text = (folder / "interlude.json").read_text()
+    (folder / "interlude.json").write_text(text.replace("{", '{"num_classes": 3, ', 1))
+    with pytest.raises(ExportError, match="'num_classes' is given twice") as info:
+        interlude.load(folder)
+    assert "\n" not in str(info.value)

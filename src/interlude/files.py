@@ -222,6 +222,17 @@ def parse_json(text: str) -> Any:
     interpreter's recursion limit (``[[[[...]]]]``) is a ``ValueError`` like any malformed JSON,
     which every reader already turns into one line, not a ``RecursionError`` traceback."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ValueError("nested too deeply (not a file interlude wrote)") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice: plain ``json`` keeps the last one silently, so
+    an edited sidecar or split file could say two things and be read as either."""
+    mapping: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in mapping:
+            raise ValueError(f"key {key!r} is given twice (not a file interlude wrote)")
+        mapping[key] = value
+    return mapping
