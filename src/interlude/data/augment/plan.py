@@ -103,9 +103,13 @@ class StepDraws:
         self.flip = uniform(generator, n_weak, 1) if weak and hflip else None
         self.offsets = (torch.randint(0, 2 * pad + 1, (n_weak, 2), generator=generator,
                                       device=device) if weak else None)
+        self.ops = self.magnitudes = np.zeros((0, n_ops), dtype=np.int64)
+        self.apply = np.zeros((0, n_ops), dtype=bool)
+        self.signs = self.centres = None
+        if not n_strong:
+            return
         ops, mags, apply = sample_strong_plan(n_strong, plan_generator or generator, n_ops, prob)
-        # one read-back for a device plan (a copy-free view for a CPU one)
-        host = torch.stack([ops, mags, apply.long()]).cpu().numpy()
+        host = torch.stack([ops, mags, apply.long()]).cpu().numpy()  # a device plan: one sync
         self.ops, self.magnitudes, self.apply = host[0], host[1], host[2].astype(bool)
         self.signs = uniform(generator, n_strong, n_ops)
         self.centres = uniform(generator, n_strong, 2)
