@@ -1,7 +1,7 @@
 """Images/s of batched tensor augmentation vs the per-image PIL reference pipeline.
 
     python benchmarks/augment_speed.py [--device cpu|cuda] [--batch 448] [--size 32] [--threads 2]
-    python benchmarks/augment_speed.py --steps 2x7 8x7 64x7 --threads 1   # whole steps, old vs new
+    python benchmarks/augment_speed.py --steps 2x7 8x7 64x7 --threads 1   # whole steps' views
     python benchmarks/augment_speed.py --threads 1 --against 904f2db      # vs a commit's code
 
 Both pipelines turn uint8 images into float ``(N, C, H, W)`` views in ``[0, 1]``: "weak+strong" is
@@ -10,22 +10,26 @@ pipeline always runs on the CPU (as DataLoader workers would, here in one proces
 the median over repeated batches after a warm-up; prints a Markdown table.
 
 ``--steps B x mu ...`` times a training step's views instead (weak lw/uw/ls/us, strong ls/us):
-``augment_views`` against the per-view implementation it replaced (kept verbatim in
-``tests/augment_reference.py``), interleaved so machine noise hits both alike.
+``augment_views`` against calling ``weak_augment`` per view and ``strong_augment`` per strong
+view, interleaved so machine noise hits both alike.
 
-``--against REV`` also times the batched weak+strong view of ``src/interlude/data/augment.py`` as
-it was at git revision ``REV`` against the working tree's, interleaved in the same process (same
-images, same seeds), and prints the median and the interquartile range of images/s for each.
+``--against REV`` also times the batched weak+strong view of ``interlude.data.augment`` as it was
+at git revision ``REV`` (the package ``src/interlude/data/augment/``, or the single module
+``augment.py`` of older revisions) against the working tree's, interleaved in the same process
+(same images, same seeds), and prints the median and the interquartile range of images/s for each.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import random
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,8 +67,8 @@ def per_image_pipeline(arrays: list[np.ndarray], rng: random.Random) -> torch.Te
 
 
 def step_views_table(specs: list[str], device: torch.device, repeats: int) -> None:
-    """Median ms of one step's views: the previous per-view loop vs ``augment_views``."""
-    print("\n| batch (B x mu) | images | previous per-view ms | augment_views ms | speed-up |")
+    """Median ms of one step's views: a per-view loop vs ``augment_views``."""
+    print("\n| batch (B x mu) | images | per-view calls ms | augment_views ms | speed-up |")
     print("|---|---:|---:|---:|---:|")
     for spec in specs:
         batch, mu = (int(v) for v in spec.split("x"))
@@ -75,9 +79,6 @@ def step_views_table(specs: list[str], device: torch.device, repeats: int) -> No
 
 def _step_views_ms(batch: int, mu: int, device: torch.device,
                    repeats: int) -> tuple[float, float]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import augment_reference as previous
-
     views = ("lw", "uw", "ls", "us")
     rs = np.random.RandomState(0)
     store = torch.from_numpy(rs.randint(0, 256, (batch * (1 + mu), 3, 32, 32)).astype(
@@ -85,12 +86,12 @@ def _step_views_ms(batch: int, mu: int, device: torch.device,
     rows_l, rows_u = np.arange(batch), batch + np.arange(batch * mu)
     xl, xu = to_float(store[:batch]), to_float(store[batch:])
     runs = {
-        "previous": lambda g, p: previous.old_pipeline_views(xl, xu, views, g, p, True),
+        "per_view": lambda g, p: per_view_calls(xl, xu, g, p),
         "new": lambda g, p: augment_views(store, rows_l, rows_u, views, g, p, True),
     }
-    times: dict[str, list[float]] = {"previous": [], "new": []}
+    times: dict[str, list[float]] = {"per_view": [], "new": []}
     for rep in range(repeats + 2):
-        for name in (("previous", "new") if rep % 2 else ("new", "previous")):
+        for name in (("per_view", "new") if rep % 2 else ("new", "per_view")):
             g = torch.Generator(device=device).manual_seed(rep)
             p = torch.Generator().manual_seed(rep + 1)
             started = time.perf_counter()
@@ -99,18 +100,37 @@ def _step_views_ms(batch: int, mu: int, device: torch.device,
                 torch.cuda.synchronize(device)
             if rep >= 2:
                 times[name].append(time.perf_counter() - started)
-    return statistics.median(times["previous"]) * 1e3, statistics.median(times["new"]) * 1e3
+    return statistics.median(times["per_view"]) * 1e3, statistics.median(times["new"]) * 1e3
+
+
+def per_view_calls(xl: torch.Tensor, xu: torch.Tensor, generator: torch.Generator,
+                   plan: torch.Generator) -> torch.Tensor:
+    """A step's views (lw, uw, ls, us) the unbatched way: one call per view."""
+    weak = [weak_augment(x, generator, True) for x in (xl, xu, xl, xu)]
+    strong = [strong_augment(x, generator, plan_generator=plan) for x in weak[2:]]
+    return torch.cat(weak[:2] + strong)
 
 
 def augment_module_at(revision: str):
-    """``interlude.data.augment`` as it was at git ``revision``, loaded as a separate module."""
+    """``interlude.data.augment`` as it was at git ``revision``, loaded as a separate module:
+    the package (its files extracted to a temporary folder) or, before the split, the single
+    ``augment.py``."""
     root = Path(__file__).resolve().parents[1]
-    source = subprocess.run(["git", "show", f"{revision}:src/interlude/data/augment.py"],
-                            cwd=root, capture_output=True, text=True, check=True).stdout
     name = f"augment_at_{revision}"
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))
-    sys.modules[name] = module  # dataclasses look their module up
-    exec(compile(source, f"{revision}:augment.py", "exec"), module.__dict__)
+    folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    archive = subprocess.run(["git", "archive", revision, "src/interlude/data/"], cwd=root,
+                             capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    package = folder / "src/interlude/data/augment"
+    if package.is_dir():
+        spec = importlib.util.spec_from_file_location(
+            name, package / "__init__.py", submodule_search_locations=[str(package)])
+    else:
+        spec = importlib.util.spec_from_file_location(name, package.with_suffix(".py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and relative imports look their module up
+    spec.loader.exec_module(module)
     return module
 
 
@@ -148,9 +168,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--steps", nargs="+", default=None, metavar="BxMU",
-                        help="time whole steps' views (previous vs augment_views) instead")
+                        help="time whole steps' views (per-view calls vs augment_views) instead")
     parser.add_argument("--against", default=None, metavar="REV",
-                        help="also time weak+strong of augment.py at git revision REV, interleaved")
+                        help="also time weak+strong of the augment code at git revision REV")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

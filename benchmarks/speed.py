@@ -391,7 +391,7 @@ def augment_section(args, device: str) -> list[str]:
     per_image_rate = n / _median(per_image, dev, args.aug_reps)
     batched_rate = n / _median(batched, dev, args.aug_reps)
     rows.append(f"| per-image PIL | 1 CPU process | {per_image_rate:.0f} |")
-    path = "shared CPU/GPU path"  # augment.py has one batched implementation for every device
+    path = "shared CPU/GPU path"  # interlude.data.augment: one batched path for every device
     rows.append(f"| batched tensors ({path}) | {device} ({args.threads} threads) | "
                 f"{batched_rate:.0f} |")
     rows.append(f"| workers DataLoader | {args.workers} worker processes | "

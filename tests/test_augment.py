@@ -1,5 +1,8 @@
-"""Batched augmentation: shapes, determinism, sampler distribution, and each op's semantics
-(checked on hand-made images and against the per-image PIL reference)."""
+"""Augmentation's contract: views are a pure function of (seed, step); the op list and
+magnitudes are FixMatch's; each batched tensor op is within a stated tolerance of its PIL
+counterpart (the ``augment_on: workers`` path) on random and real (digits) images; Cutout paints
+kekmodel's square; plus shapes, sampler distribution and each op's semantics on hand-made
+images."""
 
 from __future__ import annotations
 
@@ -10,7 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from interlude.config import load_config
 from interlude.data import augment as A
+from interlude.data.augment import batched, pil, plan, tensor_ops
+from interlude.data.sampler import STREAM_AUGMENT, step_generator
+from interlude.train import build_trainer
 
 FILL = 127 / 255
 OP = {name: i for i, name in enumerate(A.OP_NAMES)}
@@ -34,11 +41,11 @@ def nchw(images: np.ndarray) -> torch.Tensor:
 def apply_op(name: str, x: torch.Tensor, v: int = 5, sign: int = 1) -> torch.Tensor:
     n = x.shape[0]
     full = lambda value: torch.full((n,), value, dtype=torch.long)  # noqa: E731
-    return A._apply_op(x.clone(), full(OP[name]), full(v), full(sign), FILL)
+    return batched.apply_ops(x.clone(), full(OP[name]), full(v), full(sign), FILL)
 
 
 def pil_op(name: str, images: np.ndarray, v: int = 5, sign: int = 1) -> torch.Tensor:
-    out = [np.asarray(A._PIL_OPS[name](A._to_pil(im), v, sign, 127)).reshape(im.shape)
+    out = [np.asarray(pil.PIL_OPS[name](pil.to_pil(im), v, sign, 127)).reshape(im.shape)
            for im in images]
     return nchw(np.stack(out))
 
@@ -127,7 +134,7 @@ def test_signs_random_only_for_geometric_ops(monkeypatch):
     """Geometric ops get a sign of +-1 evenly, other ops none. The batched path draws a sign
     for every (image, round), and only the geometric ops read it; the reference draws one only
     for geometric ops (recorded through its op table)."""
-    draws = A._Draws([4000], [True], gen(0), None, False, None, 2, 1.0)
+    draws = plan.StepDraws(0, 4000, gen(0), None, False, None, 2, 1.0)
     assert abs((draws.signs < 0.5).float().mean().item() - 0.5) < 0.03
     x = nchw(noise_uint8(6))
     for name in A.OP_NAMES:
@@ -139,7 +146,7 @@ def test_signs_random_only_for_geometric_ops(monkeypatch):
     def record_reference(name):
         return lambda img, v, sign, fill: pairs.append((OP[name], sign)) or img
 
-    monkeypatch.setattr(A, "_PIL_OPS", {name: record_reference(name) for name in A.OP_NAMES})
+    monkeypatch.setattr(pil, "PIL_OPS", {name: record_reference(name) for name in A.OP_NAMES})
     rng = random.Random(0)
     for _ in range(4000):
         A.strong_augment_per_image(np.zeros((4, 4), np.uint8), rng, prob=1.0)
@@ -284,7 +291,7 @@ def assert_one_grey_square_each(images: torch.Tensor) -> None:
 
 def cutout_batched(size: int, centre_yx: tuple[float, float], fraction: float = 0.5):
     x = torch.zeros(1, 1, size, size)
-    return A._cutout(x, torch.tensor([centre_yx]), fraction, FILL)[0, 0] == FILL
+    return tensor_ops.cutout(x, torch.tensor([centre_yx]), fraction, FILL)[0, 0] == FILL
 
 
 def cutout_reference(size: int, centre_yx: tuple[float, float], fraction: float = 0.5):
@@ -401,3 +408,147 @@ def test_per_image_reference_keeps_type_and_shape(form):
         assert type(out) is type(img)
         assert np.asarray(out).shape == np.asarray(img).shape
         assert np.array_equal(np.asarray(out), np.asarray(again))
+
+
+# ----------------------------------------------------------------------------- the contract
+
+
+def test_op_list_and_magnitudes_are_fixmatch_randaugment():
+    """kekmodel/FixMatch-pytorch ``fixmatch_augment_pool``: 14 ops, magnitudes 1..9 of 10,
+    mapped with its expressions (hand-computed at v = 1 and 9)."""
+    assert A.OP_NAMES == (
+        "AutoContrast", "Brightness", "Color", "Contrast", "Equalize", "Identity", "Posterize",
+        "Rotate", "Sharpness", "ShearX", "ShearY", "Solarize", "TranslateX", "TranslateY")
+    assert A.PARAMETER_MAX == 10
+    assert {OP[name] for name in GEOMETRIC} == plan.SIGNED
+    assert (plan.ENHANCE[1], plan.ENHANCE[9]) == pytest.approx((0.14, 0.86))
+    assert (plan.POSTERIZE_BITS[1], plan.POSTERIZE_BITS[9]) == (4, 7)
+    assert (plan.ROTATE_DEG[1], plan.ROTATE_DEG[9]) == (3, 27)
+    assert (plan.SHEAR[1], plan.SHEAR[9]) == pytest.approx((0.03, 0.27))
+    assert (plan.SOLARIZE[1], plan.SOLARIZE[9]) == (231, 26)
+    assert set(pil.PIL_OPS) == set(A.OP_NAMES)
+
+
+STEP_VIEWS = ("lw", "uw", "ls", "us")
+
+
+def step_views(store: torch.Tensor, rows_l, rows_u, seed: int, step: int, views=STEP_VIEWS,
+               hflip: bool = True) -> torch.Tensor:
+    """A step's views with the trainer's generators for (seed, step), rank 0."""
+    generator = step_generator(seed, step, STREAM_AUGMENT * 1000, "cpu")
+    planner = step_generator(seed, step, STREAM_AUGMENT * 1000 + 500, "cpu")
+    return A.augment_views(store, rows_l, rows_u, views, generator, planner, hflip)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_views_are_a_function_of_seed_and_step(channels):
+    store = torch.from_numpy(noise_uint8(40, channels, 16).transpose(0, 3, 1, 2).copy())
+    rows_l, rows_u = np.arange(4), 4 + np.arange(12)
+    first = {step: step_views(store, rows_l, rows_u, 0, step) for step in (0, 1, 7)}
+    for step in (7, 0, 1):  # any order, any number of times
+        assert torch.equal(step_views(store, rows_l, rows_u, 0, step), first[step])
+    assert not torch.equal(first[0], first[1])
+    assert not torch.equal(step_views(store, rows_l, rows_u, 1, 0), first[0])
+    weak = len(rows_l) + len(rows_u)  # lw, uw first; then ls, us with Cutout's grey squares
+    grey = (first[0] == FILL).float().mean((1, 2, 3))
+    assert grey[:weak].max() < 0.02 and grey[weak:].min() > 0.1
+
+
+def test_views_do_not_depend_on_where_the_store_keeps_the_images():
+    """Reading a step's rows out of a larger store, in any row order, gives the views of the
+    step's images stored alone."""
+    images = torch.from_numpy(noise_uint8(20, 3, 16).transpose(0, 3, 1, 2).copy())
+    compact = step_views(images, np.arange(4), 4 + np.arange(16), 3, 5)
+    store = torch.cat([images[4:], torch.zeros(3, 3, 16, 16, dtype=torch.uint8), images[:4]])
+    from_store = step_views(store, 19 + np.arange(4), np.arange(16), 3, 5)
+    assert torch.equal(from_store, compact)
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_training_batches_are_a_function_of_seed_and_step(tmp_path, monkeypatch, resident):
+    """Two trainers of one config build the same normalised views for a step, whatever steps
+    they built before (device-resident image store or host gather for large sets)."""
+    from interlude.train import input_pipeline
+
+    if not resident:
+        monkeypatch.setattr(input_pipeline, "DEVICE_RESIDENT_BYTES", 0)
+    cfg = load_config(None, [
+        "data.name=digits", "model.width=8", "train.batch_size=8", "train.mu=3",
+        "algorithm.name=interlude", "train.device=cpu", f"train.out_dir={tmp_path}",
+        "train.progress=false",
+    ])
+    builders = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        builders.append(build_trainer(cfg, tmp_path / name).batches)
+    assert builders[0].store.on_device is resident
+    first = {step: builders[0].build(step).x for step in (0, 1, 7)}
+    for step in (7, 1, 0, 7):
+        assert torch.equal(builders[1].build(step).x, first[step]), step
+    assert not torch.equal(first[0], first[1])
+
+
+def digits_uint8(n: int = 6, channels: int = 1, size: int = 32) -> np.ndarray:
+    """Real images: scikit-learn digits (8x8, levels 0..16) upsampled (bilinear, PIL) to
+    ``size`` px, NHWC; RGB images tint each channel differently."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().images[:n] * (255 / 16)
+    up = np.stack([np.asarray(Image.fromarray(d.astype(np.uint8)).resize(
+        (size, size), Image.Resampling.BILINEAR)) for d in digits])
+    if channels == 1:
+        return up[..., None]
+    return np.stack([up, 255 - up, (up * 0.5 + 60).astype(np.uint8)], -1)
+
+
+# The batched op vs its PIL counterpart, max |difference| in uint8 levels at v = 1, 5, 9 (both
+# signs): PIL rounds blends to uint8 and its AutoContrast lut truncates (< 1.5 levels); the
+# lookup-table ops and, at these magnitudes, the geometric ops are exact (geometric ops can read
+# a source pixel one over at exact ties at other magnitudes: test_geometric_ops_within_one_pixel).
+PIL_TOLERANCE_LEVELS = {name: 1.5 if name in ("AutoContrast", "Brightness", "Color", "Contrast",
+                                              "Sharpness") else 1e-4 for name in A.OP_NAMES}
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", A.OP_NAMES)
+def test_op_matches_pil_on_real_images(name, channels):
+    images = digits_uint8(6, channels)
+    x = nchw(images)
+    for v, sign in ((1, 1), (5, -1), (9, 1), (9, -1)):
+        diff = (apply_op(name, x, v, sign) - pil_op(name, images, v, sign)).abs().max().item()
+        assert diff * 255 <= PIL_TOLERANCE_LEVELS[name], (name, v, sign, diff * 255)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_an_images_ops_do_not_depend_on_its_batch(channels):
+    """Each op on one image alone equals (up to float rounding: a one-image convolution may
+    round differently) the same op on it within a mixed batch."""
+    x = nchw(noise_uint8(len(A.OP_NAMES) * 2, channels, 16, seed=3))
+    ops = torch.arange(len(x)) % len(A.OP_NAMES)
+    mags, signs = 1 + torch.arange(len(x)) % 9, torch.where(torch.arange(len(x)) % 3 == 0, -1, 1)
+    together = batched.apply_ops(x.clone(), ops, mags, signs, FILL)
+    for i in range(len(x)):
+        alone = batched.apply_ops(x[i:i + 1].clone(), ops[i:i + 1], mags[i:i + 1],
+                                  signs[i:i + 1], FILL)
+        assert (alone[0] - together[i]).abs().max().item() < 1e-6, A.OP_NAMES[ops[i]]
+
+
+def test_large_image_fallbacks_give_the_same_views(monkeypatch):
+    """Past a size limit, weak crops add row and column tables and geometric ops compute their
+    source pixels per call instead of reading whole-image tables: the same pixels."""
+    store = torch.from_numpy(noise_uint8(24, 3, 24).transpose(0, 3, 1, 2).copy())
+    rows_l, rows_u = np.arange(6), 6 + np.arange(18)
+    tabled = [step_views(store, rows_l, rows_u, 0, step) for step in range(3)]
+    monkeypatch.setattr(tensor_ops, "WEAK_MAPS_MAX_BYTES", 0)
+    monkeypatch.setattr(tensor_ops, "AFFINE_MAPS_MAX_BYTES", 0)
+    tensor_ops.weak_tables.cache_clear()
+    tensor_ops.strong_tables.cache_clear()
+    try:
+        for step in range(3):
+            assert torch.equal(step_views(store, rows_l, rows_u, 0, step), tabled[step])
+        assert tensor_ops.weak_tables(store.device, 24, 24, 3).maps is None
+        assert tensor_ops.strong_tables(store.device, torch.float32, 3, 24, 24, FILL,
+                                        12).affine_maps is None
+    finally:
+        tensor_ops.weak_tables.cache_clear()
+        tensor_ops.strong_tables.cache_clear()

@@ -163,8 +163,9 @@ class BatchBuilder:
 
         The RandAugment op plan comes from a host generator, so laying images out by op never
         copies device values to the host (no sync on CUDA); pixel-level draws stay on the device.
-        ``augment_views`` draws exactly what a per-view weak/strong loop would, and dispatches a
-        few hundred operators for the whole step (``interlude.train.opcount``).
+        ``augment_views`` draws every random number of the step from these two generators, so
+        the views are a function of (seed, step, rank), and dispatches a few hundred operators
+        for the whole step (``interlude.train.opcount``).
         """
         generator = step_generator(self.seed, step, STREAM_AUGMENT * 1000 + self.rank, self.device)
         plan = step_generator(self.seed, step, STREAM_AUGMENT * 1000 + 500 + self.rank, "cpu")
