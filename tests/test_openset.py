@@ -59,14 +59,44 @@ def test_outliers_follow_data_seed_and_are_noted():
     assert n_out > 0 and any(f"{n_out} outlier images" in note for note in a.notes)
 
 
-def test_too_few_outlier_images_uses_all_and_warns(caplog):
+def test_too_few_outlier_images_thin_the_inliers_to_reach_the_ratio(caplog, tmp_path):
+    # 6 of 10 classes cannot make 75% of a pool next to the whole in-class remainder: every
+    # image of the other 4 is used and the in-class remainder is thinned, the labeled split kept
+    keep = "data.labeled_classes=[0,1,2,3,4,5]"
     raw = load_raw(_cfg())
-    others = int((raw.train.labels == 9).sum())
-    with caplog.at_level(logging.WARNING, logger="interlude"):
-        data = build_data(_cfg(f"data.labeled_classes=[{','.join(map(str, range(9)))}]",
-                               "data.outlier_ratio=0.9"))
-    assert int((data.unlabeled.labels == -1).sum()) == others
-    assert "using all of them" in caplog.text
+    others = int((~np.isin(raw.train.labels, range(6))).sum())
+    plain = build_data(_cfg(keep))
+    with caplog.at_level(logging.INFO, logger="interlude"):
+        data = build_data(_cfg(keep, "data.outlier_ratio=0.75"))
+    outlier = data.unlabeled.labels == -1
+    inliers = int(others * 0.25 / 0.75)
+    assert int(outlier.sum()) == round(inliers * 3) and int((~outlier).sum()) == inliers
+    assert outlier.mean() == pytest.approx(0.75, abs=0.002)
+    assert f"thinned from {len(plain.unlabeled)} to {inliers}" in caplog.text
+    assert data.split["labeled"] == plain.split["labeled"]  # the same labeled images
+    assert _rows(pixels(data.unlabeled.images)[~outlier]) <= _rows(pixels(plain.unlabeled.images))
+    assert data.split["inlier_unlabeled_limit"] == inliers
+    again = build_data(_cfg(keep, "data.outlier_ratio=0.75"))  # the same rows every time
+    assert np.array_equal(pixels(again.unlabeled.images), pixels(data.unlabeled.images))
+    reseeded = build_data(_cfg(keep, "data.outlier_ratio=0.75", "data.data_seed=1"))
+    assert not np.array_equal(pixels(reseeded.unlabeled.images), pixels(data.unlabeled.images))
+
+
+def test_a_ratio_no_thinning_can_reach_is_one_line(tmp_path):
+    for label in range(3):  # an image folder: its unlabeled folder counts as in-class
+        for i in range(4):
+            path = tmp_path / "labeled" / str(label) / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((8, 8), 60 * label + i, np.uint8)).save(path)
+    for i in range(20):
+        path = tmp_path / "unlabeled" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(path)
+    cfg = load_config(None, ["data.name=imagefolder", f"data.labeled_dir={tmp_path / 'labeled'}",
+                             f"data.unlabeled_dir={tmp_path / 'unlabeled'}", "data.cache=false",
+                             "data.labeled_classes=[0,1]", "data.outlier_ratio=0.9"]).data
+    with pytest.raises(DataError, match="outlier_ratio=0.9 cannot be reached"):
+        build_data(cfg)
 
 
 @pytest.mark.parametrize(

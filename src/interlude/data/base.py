@@ -86,6 +86,10 @@ class RawDataset:
     notes: list[str] = field(default_factory=list)
     all_train_labeled: bool = False
     extra_unlabeled_files: list[str] | None = None
+    inlier_unlabeled_limit: int | None = None
+    """Open set: most in-class images the unlabeled remainder of ``train`` may keep (drawn with
+    ``data.data_seed`` after the labeled split), so that the outliers make up the requested
+    fraction of the pool when the other classes have too few images for the full remainder."""
     """The file of each ``extra_unlabeled`` row (image folders), so suggestions name files."""
 
     @property

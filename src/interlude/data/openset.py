@@ -49,6 +49,9 @@ def make_open_set(raw: RawDataset, cfg: DataConfig) -> RawDataset:
 
     extra = _relabel(raw.extra_unlabeled, remap)
     n_in = _expected_inlier_pool(len(in_class), len(kept), raw, cfg, extra)
+    limit = _inlier_limit(len(outside), n_in, len(extra) if extra is not None else 0, cfg, raw.name)
+    if limit is not None:  # the remainder is thinned to `limit` once the split is drawn
+        n_in = limit + (len(extra) if extra is not None else 0)
     outliers = _draw_outliers(outside, n_in, cfg, raw.name)
     notes = list(raw.notes)
     notes.append(_describe(raw, kept, outliers, n_in, cfg.outlier_ratio))
@@ -67,6 +70,7 @@ def make_open_set(raw: RawDataset, cfg: DataConfig) -> RawDataset:
         extra_unlabeled=extra,
         class_names=[raw.class_names[c] for c in kept],
         notes=notes,
+        inlier_unlabeled_limit=limit,
     )
 
 
@@ -108,6 +112,29 @@ def _expected_inlier_pool(
     return remainder + (len(extra) if extra is not None else 0)
 
 
+def _inlier_limit(n_outside: int, n_in: int, n_extra: int, cfg: DataConfig, name: str) -> int | None:
+    """In-class images the unlabeled remainder of the training pool may keep, or None for all.
+
+    When the other classes hold fewer images than ``outlier_ratio`` asks for next to the whole
+    in-class remainder (6 of MNIST's 10 classes cannot make 75% of a pool of the other 4), all
+    outliers are used and the in-class remainder is thinned instead, so that the pool holds the
+    requested fraction: the ratio is the experiment's variable, the pool size follows from it.
+    """
+    ratio = cfg.outlier_ratio
+    if ratio <= 0 or n_in == 0 or round(n_in * ratio / (1.0 - ratio)) <= n_outside:
+        return None
+    inliers = int(n_outside * (1.0 - ratio) / ratio)
+    if inliers - n_extra < 1:
+        raise DataError(
+            f"{name}: data.outlier_ratio={ratio} cannot be reached: the other classes hold "
+            f"{n_outside} images, too few next to the {n_extra} extra unlabeled images; lower "
+            "data.outlier_ratio or keep fewer data.labeled_classes"
+        )
+    log.info("%s: outlier_ratio=%s with all %d images of the other classes: the in-class "
+             "unlabeled images are thinned from %d to %d", name, ratio, n_outside, n_in, inliers)
+    return inliers - n_extra
+
+
 def _draw_outliers(outside: np.ndarray, n_in: int, cfg: DataConfig, name: str) -> np.ndarray:
     """Indices (into the training pool) of the outliers, chosen with ``data_seed``."""
     ratio = cfg.outlier_ratio
@@ -118,12 +145,7 @@ def _draw_outliers(outside: np.ndarray, n_in: int, cfg: DataConfig, name: str) -
             f"{name}: data.outlier_ratio={ratio} but no in-class unlabeled images remain to mix "
             "the outliers with; lower data.labels_per_class or add unlabeled images"
         )
-    wanted = int(round(n_in * ratio / (1.0 - ratio)))
-    if wanted > len(outside):
-        log.warning(
-            "%s: outlier_ratio=%s needs %d outlier images but only %d images of the other "
-            "classes exist; using all of them", name, ratio, wanted, len(outside),
-        )
+    wanted = int(round(n_in * ratio / (1.0 - ratio)))  # <= len(outside): see _inlier_limit
     rng = np.random.default_rng([cfg.data_seed, OPENSET_STREAM])
     return np.sort(rng.choice(outside, size=min(wanted, len(outside)), replace=False))
 

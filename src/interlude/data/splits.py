@@ -194,6 +194,18 @@ def _indices(saved: dict, key: str, size: int, what: str, refuse) -> list[int]:
     return values
 
 
+THINNING_STREAM = 2  # second word of the seed: thinning does not share the split's stream
+
+
+def _inlier_rows(rows: np.ndarray, limit: int | None, data_seed: int) -> np.ndarray:
+    """``rows`` (the in-class remainder), or ``limit`` of them drawn with ``data_seed`` (open
+    set: see :attr:`RawDataset.inlier_unlabeled_limit`); the same split gives the same rows."""
+    if limit is None or len(rows) <= limit:
+        return rows
+    rng = np.random.default_rng([data_seed, THINNING_STREAM])
+    return np.sort(rng.choice(rows, size=limit, replace=False))
+
+
 def build_ssl_data(raw: RawDataset, cfg: DataConfig, sources: Sources | None = None) -> SSLData:
     """Turn a loader's :class:`RawDataset` into the labeled / unlabeled / val / test sets.
 
@@ -238,7 +250,8 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig, sources: Sources | None = N
     if foreign is not None:
         unlabeled = _rows(foreign, split["unlabeled"])
     else:
-        unlabeled = pool.subset(np.flatnonzero(~taken))
+        unlabeled = pool.subset(_inlier_rows(np.flatnonzero(~taken), raw.inlier_unlabeled_limit,
+                                             cfg.data_seed))
         if raw.extra_unlabeled is not None and len(raw.extra_unlabeled):
             unlabeled = concat_sets(unlabeled, raw.extra_unlabeled)
     if len(unlabeled) == 0:
@@ -260,6 +273,8 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig, sources: Sources | None = N
     }
     if raw.all_train_labeled:
         record["all_train_labeled"] = True
+    if raw.inlier_unlabeled_limit is not None:
+        record["inlier_unlabeled_limit"] = raw.inlier_unlabeled_limit
     if sources is not None:
         record["sources"] = sources.names()
         if foreign is not None:
