@@ -132,6 +132,11 @@ def scenario(run: Run) -> str:
     return f"L {labeled}, U {unlabeled}, test {test}"
 
 
+def scenario_order(text: str) -> tuple[str, bool, bool]:
+    labeled, unlabeled, test = (part.split()[-1] for part in text.split(", "))
+    return labeled, test != labeled, unlabeled != labeled
+
+
 def domain_key(run: Run) -> Key:
     return (scenario(run), algorithm(run))
 
@@ -202,14 +207,15 @@ def openset_section(runs: list[Run], out: Path, plt: Any) -> str:
 
 def domain_section(runs: list[Run], out: Path, plt: Any) -> str:
     groups = group(runs, domain_key)
-    scenarios = sorted({k[0] for k in groups})
+    # per labeled domain: in-domain, then no target data, then target data unlabeled
+    scenarios = sorted({k[0] for k in groups}, key=scenario_order)
     algorithms = [a for a in ("supervised", "fixmatch", "interlude") if any(k[1] == a for k in groups)]
     algorithms += sorted({k[1] for k in groups} - set(algorithms))
     rows = [[s, *[cell(values_of(groups.get((s, a), []))) for a in algorithms],
              signature_cell([run for a in algorithms for run in groups.get((s, a), [])])]
             for s in scenarios]
     if plt is not None:
-        fig, ax = plt.subplots(figsize=(9.0, 4.8))
+        fig, ax = plt.subplots(figsize=(10.5, 4.8))
         width = 0.8 / max(len(algorithms), 1)
         colors = ["tab:gray", "tab:green", "tab:blue", "tab:orange"]
         for j, a in enumerate(algorithms):
@@ -226,9 +232,12 @@ def domain_section(runs: list[Run], out: Path, plt: Any) -> str:
                         fontsize="x-small")
         ax.set_xticks(range(len(scenarios)), [s.replace(", test", "\ntest") for s in scenarios],
                       fontsize="small")
-        ax.set(ylabel="last test top-1 (%)", ylim=(0, 105),
+        ax.set(ylabel="last test top-1 (%)", ylim=(0, 118),
                title="Domain shift between digits (8x8 scans) and MNIST (mean ± sd, dots = seeds)")
-        finish(fig, ax, out / "domain_shift.png")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize="small", loc="upper center", ncol=len(algorithms))
+        fig.tight_layout()
+        fig.savefig(out / "domain_shift.png", dpi=110)
     return table(["scenario", *algorithms, "failure signatures"], rows)
 
 
