@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from interlude.experiments.report import Run, load_runs
-from interlude.experiments.signatures import run_dir_signatures
+from interlude.experiments.signatures import group_signatures, run_dir_signatures
 from interlude.train.logger import read_jsonl
 
 Key = tuple[Any, ...]
@@ -74,12 +74,20 @@ def final_mask_rate(runs: list[Run]) -> str:
     return f"{statistics.fmean(rates):.2f}" if rates else "-"
 
 
-def signature_cell(runs: list[Run]) -> str:
+def signature_cell(runs: list[Run], groups: list[list[Run]] | None = None) -> str:
+    """Run signatures as "rule (runs showing it / runs)", then the seed-spread rule of each
+    group of seeds (``groups``; default: ``runs`` is one group) as "rule (groups / groups)"."""
     counts: dict[str, int] = defaultdict(int)
     for run in runs:
         for name in set(signature_names(run)):
             counts[name] += 1
-    return ", ".join(f"{name} ({n}/{len(runs)})" for name, n in sorted(counts.items())) or "none"
+    cells = [f"{name} ({n}/{len(runs)})" for name, n in sorted(counts.items())]
+    groups = groups if groups is not None else [runs]
+    spread_groups = sum(
+        bool(group_signatures({r.seed: r.last("top1") for r in group})) for group in groups)
+    if spread_groups:
+        cells.append(f"seed_spread ({spread_groups}/{len(groups)} groups)")
+    return ", ".join(cells) or "none"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -188,7 +196,8 @@ def openset_section(runs: list[Run], out: Path, plt: Any) -> str:
     methods = sorted({k[0] for k in groups})
     ratios = sorted({k[1] for k in groups})
     rows = [[m, *[cell(values_of(groups.get((m, r), []))) for r in ratios],
-             signature_cell([run for r in ratios for run in groups.get((m, r), [])])] for m in methods]
+             signature_cell([run for r in ratios for run in groups.get((m, r), [])],
+                            [groups[(m, r)] for r in ratios if (m, r) in groups])] for m in methods]
     if plt is not None:
         fig, ax = plt.subplots(figsize=(7.2, 4.8))
         colors = ["tab:gray", "tab:green", "tab:blue", "tab:orange", "tab:red"]
@@ -212,7 +221,8 @@ def domain_section(runs: list[Run], out: Path, plt: Any) -> str:
     algorithms = [a for a in ("supervised", "fixmatch", "interlude") if any(k[1] == a for k in groups)]
     algorithms += sorted({k[1] for k in groups} - set(algorithms))
     rows = [[s, *[cell(values_of(groups.get((s, a), []))) for a in algorithms],
-             signature_cell([run for a in algorithms for run in groups.get((s, a), [])])]
+             signature_cell([run for a in algorithms for run in groups.get((s, a), [])],
+                            [groups[(s, a)] for a in algorithms if (s, a) in groups])]
             for s in scenarios]
     if plt is not None:
         fig, ax = plt.subplots(figsize=(10.5, 4.8))
