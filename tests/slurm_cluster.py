@@ -19,7 +19,8 @@ Why each piece (learned getting it to run):
   has come (30 s by default);
 - the time-limit warning comes up to 30 s early (slurmctld checks every 30 s), so with a 1-minute
   limit ``signal_delay_s`` must stay under 30 s, or every attempt is signalled as it starts;
-- ``KillWait=10``: SIGTERM, then SIGKILL 10 s later (a requeue waits for the old job to end).
+- ``KillWait=30``: SIGTERM, then SIGKILL 30 s later (a requeue waits for the old job to end); an
+  interrupted run saves its checkpoint in between, which takes longer on a loaded machine.
 
 Install (Debian/Ubuntu, as root)::
 
@@ -163,7 +164,7 @@ SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 DefMemPerCPU=256
-KillWait=10
+KillWait=30
 MinJobAge=600
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd

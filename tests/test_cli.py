@@ -15,6 +15,25 @@ def test_unknown_key_is_one_line_error(capsys):
     assert "Traceback" not in err and len(err.splitlines()) == 1
 
 
+def test_a_key_given_twice_on_the_command_line_is_named(capsys, caplog):
+    # scripts append overrides to a base list, so the last value is used; a person who typed the
+    # key twice by mistake is told which one won (bare and dotted spellings are the same key)
+    assert main(["config", "show", "configs/digits.yaml", "lr=0.1", "train.lr=0.3"]) == 0
+    assert "lr: 0.3" in capsys.readouterr().out
+    assert [r.getMessage() for r in caplog.records if "given twice" in r.getMessage()] == [
+        "train.lr is given twice ('lr=0.1', then 'train.lr=0.3'): using the last"]
+    caplog.clear()
+    assert main(["config", "show", "train.steps=7", "train.lr=0.2"]) == 0
+    assert not [r for r in caplog.records if "given twice" in r.getMessage()]
+
+
+def test_layered_overrides_keep_the_last_value_of_each_key():
+    from interlude.config import merged_overrides
+
+    assert merged_overrides(["train.lr=0.1", "train.steps=5", "lr=0.3", "train.seed=2"]) == [
+        "lr=0.3", "train.steps=5", "train.seed=2"]
+
+
 def test_bad_labels_per_class_is_one_line_error(capsys, tmp_path):
     code = main(["train", "data.labels_per_class=1000", f"train.out_dir={tmp_path}"])
     assert code == 2

@@ -187,3 +187,14 @@ def test_failed_subprocess_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep.time, "sleep", lambda seconds: None)
     with pytest.raises(InterludeError, match="1 sweep run"):
         run_sweep(ROOT / "configs" / "digits.yaml", {}, [0], processes=2, out_root=tmp_path)
+
+
+def test_a_variant_value_replaces_the_sweep_wide_one(tmp_path):
+    # layered on purpose (sweep-wide, then the variant's, then the command line's), so each run
+    # passes one value per key to `interlude train`, which refuses a key given twice
+    spec = SweepSpec("s", ROOT / "configs" / "digits.yaml", [0],
+                     [Variant("fast", ["train.steps=5"])], overrides=["train.steps=50", "train.lr=0.1"])
+    (planned,) = plan_runs(spec, tmp_path, ["train.lr=0.2"])
+    assert planned.config.train.steps == 5 and planned.config.train.lr == 0.2
+    keys = [item.partition("=")[0] for item in planned.overrides]
+    assert len(keys) == len(set(keys)) and "train.steps=5" in planned.overrides

@@ -29,10 +29,13 @@ EXIT_DIVERGED = 3
 
 
 def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
-    """``train [CONFIG] [key=value ...]``: the config file is optional."""
+    """``train [CONFIG] [key=value ...]``: the config file is optional; a key given twice is
+    warned about (see :func:`interlude.config.warn_repeated_overrides`)."""
+    from interlude.config import warn_repeated_overrides
+
     if items and "=" not in items[0]:
-        return items[0], items[1:]
-    return None, items
+        return items[0], warn_repeated_overrides(items[1:])
+    return None, warn_repeated_overrides(items)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -100,8 +103,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from interlude.config import warn_repeated_overrides
     from interlude.experiments.sweep import run_sweep_cli
 
+    warn_repeated_overrides(args.overrides)  # typed twice: warned, as for `interlude train`
     print(run_sweep_cli(args))
     return 0
 

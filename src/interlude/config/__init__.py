@@ -25,9 +25,11 @@ from interlude.config.build import (
     Config,
     config_from_dict,
     load_config,
+    merged_overrides,
     replaced,
     section_options,
     validate,
+    warn_repeated_overrides,
 )
 from interlude.config.keys import (
     SECTIONS,
@@ -68,7 +70,8 @@ __all__ = [
     "DEVICE_PATTERN", "MAX_YAML_VALUES", "ROUNDING", "ROUNDING_KEYS", "SECTIONS", "SEED_MAX",
     "AlgorithmConfig", "AlgorithmOptions", "Config", "DataConfig", "KeySpec", "ModelConfig",
     "Options", "Range", "TrainConfig", "UniqueKeyLoader", "config_from_dict",
-    "config_reference_markdown", "diff", "dotted", "key_lines", "load_config", "parse_override",
+    "config_reference_markdown", "diff", "dotted", "key_lines", "load_config",
+    "merged_overrides", "parse_override", "warn_repeated_overrides",
     "read_yaml", "register_algorithm", "register_backbone", "register_dataset", "replaced",
     "schema", "section_options", "valid_keys", "validate",
 ]

@@ -86,6 +86,29 @@ def load_config(
     return _build(values)
 
 
+def warn_repeated_overrides(overrides: list[str]) -> list[str]:
+    """``overrides`` as typed on a command line, with one warning per key given twice
+    (``train.lr=0.1 ... lr=0.3``): the last value is used, as scripts that append overrides to a
+    base list expect, but a person who typed the key twice by mistake is told which one won."""
+    seen: dict[tuple[str, str], str] = {}
+    for text in overrides:
+        key = _resolve_key(parse_override(text)[0])
+        if key in seen:
+            log.warning("%s is given twice (%s, then %s): using the last", ".".join(key),
+                        shown(seen[key]), shown(text))
+        seen[key] = text
+    return overrides
+
+
+def merged_overrides(overrides: list[str]) -> list[str]:
+    """One override per key, the last one given (in the place of the first): a sweep's
+    variant overriding its sweep-wide values, passed on to ``interlude train``."""
+    last: dict[tuple[str, str], str] = {}
+    for text in overrides:
+        last[_resolve_key(parse_override(text)[0])] = text
+    return list(last.values())
+
+
 def config_from_dict(tree: Mapping[str, Any]) -> Config:
     """Rebuild a Config saved with :meth:`Config.to_dict` (e.g. from a checkpoint)."""
     values = _empty()

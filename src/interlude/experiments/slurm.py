@@ -307,8 +307,10 @@ def last_error(log_path: Path) -> str:
 
 def train_command(base: Path, overrides: list[str], gpus: int) -> list[str]:
     """``interlude train`` of one run; with several GPUs under ``torchrun`` on the task's node."""
-    interlude = ["-m", "interlude", "train", str(base), *overrides, "train.progress=false",
-                 "--resume"]
+    from interlude.config import merged_overrides
+
+    interlude = ["-m", "interlude", "train", str(base),
+                 *merged_overrides([*overrides, "train.progress=false"]), "--resume"]
     if gpus > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={gpus}", *interlude]

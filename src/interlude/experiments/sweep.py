@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from interlude.config import Config, diff, load_config, parse_override, read_yaml
+from interlude.config import Config, diff, load_config, merged_overrides, parse_override, read_yaml
 from interlude.errors import ConfigError, InterludeError, shown
 from interlude.experiments.slurm import SlurmOptions
 
@@ -177,10 +177,10 @@ def plan_runs(
     for variant in spec.variants:
         for seed in spec.seeds:
             run_dir = root / spec.name / variant.name / f"seed{seed}"
-            overrides = [
+            overrides = merged_overrides([  # a variant's value replaces the sweep-wide one
                 *spec.overrides, *variant.overrides, *(extra or []), f"train.seed={seed}",
                 f"train.out_dir={root / spec.name}", f"train.run_name={variant.name}/seed{seed}",
-            ]
+            ])
             config = load_config(spec.base, overrides)  # fail fast on a bad key in any run
             same = next((r for r in planned if r.run_dir == run_dir), None)
             if same is not None:
@@ -306,8 +306,8 @@ def _train_in_subprocesses(base: Path, todo: list[PlannedRun], processes: int) -
             item = pending.pop(0)
             item.run_dir.parent.mkdir(parents=True, exist_ok=True)
             log_path = item.run_dir.parent / f"seed{item.seed}.log"
-            command = [sys.executable, "-m", "interlude", "train", str(base), *item.overrides,
-                       "train.progress=false", "--resume"]
+            command = [sys.executable, "-m", "interlude", "train", str(base),
+                       *merged_overrides([*item.overrides, "train.progress=false"]), "--resume"]
             with open(log_path, "w") as handle:
                 process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
             running.append((item, process, log_path))
