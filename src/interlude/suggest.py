@@ -428,9 +428,9 @@ def run_pool(data: SSLData) -> Pool:
     taken = np.zeros(size, dtype=bool)
     taken[list(split.get("labeled", []))] = True
     taken[list(split.get("val", []))] = True
-    from interlude.data.splits import _inlier_rows
+    from interlude.data.splits import inlier_rows
 
-    from_pool = _inlier_rows(np.flatnonzero(~taken), split.get("inlier_unlabeled_limit"),
+    from_pool = inlier_rows(np.flatnonzero(~taken), split.get("inlier_unlabeled_limit"),
                              int(split.get("data_seed", 0)))
     extra = len(data.unlabeled) - len(from_pool)
     index = np.concatenate([from_pool, size + np.arange(extra)])

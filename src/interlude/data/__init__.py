@@ -35,9 +35,9 @@ def build_data(cfg: DataConfig) -> SSLData:
 
         raw = resize_raw(raw, cfg.resolution, cfg.interpolation or "bilinear")
     sources = None
-    if (cfg.unlabeled_from or cfg.name) != cfg.name or (cfg.test_from or cfg.name) != cfg.name:
-        from interlude.data.sources import mixed_sources
+    from interlude.data.sources import is_mixed, mixed_sources
 
+    if is_mixed(cfg):
         raw, sources = mixed_sources(raw, cfg)
     if cfg.labeled_classes is not None or cfg.outlier_ratio > 0:
         from interlude.data.openset import make_open_set

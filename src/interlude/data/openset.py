@@ -48,10 +48,11 @@ def make_open_set(raw: RawDataset, cfg: DataConfig) -> RawDataset:
     outside = np.flatnonzero(~is_kept & (labels != UNLABELED))
 
     extra = _relabel(raw.extra_unlabeled, remap)
-    n_in = _expected_inlier_pool(len(in_class), len(kept), raw, cfg, extra)
-    limit = _inlier_limit(len(outside), n_in, len(extra) if extra is not None else 0, cfg, raw.name)
+    n_extra = len(extra) if extra is not None else 0
+    n_in = _expected_inlier_pool(len(in_class), len(kept), raw, cfg, n_extra)
+    limit = _inlier_limit(len(outside), n_in, n_extra, cfg, raw.name)
     if limit is not None:  # the remainder is thinned to `limit` once the split is drawn
-        n_in = limit + (len(extra) if extra is not None else 0)
+        n_in = limit + n_extra
     outliers = _draw_outliers(outside, n_in, cfg, raw.name)
     notes = list(raw.notes)
     notes.append(_describe(raw, kept, outliers, n_in, cfg.outlier_ratio))
@@ -103,13 +104,11 @@ def _relabel(images: ImageSet | None, remap: np.ndarray) -> ImageSet | None:
     return ImageSet(images.images, new)
 
 
-def _expected_inlier_pool(
-    n_in_class: int, k: int, raw: RawDataset, cfg: DataConfig, extra: ImageSet | None
-) -> int:
+def _expected_inlier_pool(n_in_class: int, k: int, raw: RawDataset, cfg: DataConfig, n_extra: int) -> int:
     """In-distribution images the unlabeled pool will hold once the split is drawn."""
     taken = n_in_class if raw.all_train_labeled else k * (cfg.labels_per_class + cfg.val_per_class)
     remainder = max(n_in_class - taken, 0)
-    return remainder + (len(extra) if extra is not None else 0)
+    return remainder + n_extra
 
 
 def _inlier_limit(n_outside: int, n_in: int, n_extra: int, cfg: DataConfig, name: str) -> int | None:

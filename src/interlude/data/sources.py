@@ -31,7 +31,7 @@ import numpy as np
 
 from interlude.config import DataConfig, replaced
 from interlude.data.base import ImageSet, RawDataset
-from interlude.data.registry import dataset_names, load_raw
+from interlude.data.registry import load_raw
 from interlude.data.rows import ImageRows, as_rows
 from interlude.data.splits import Sources, concat_sets
 from interlude.data.transforms import resize_images
@@ -93,10 +93,8 @@ def convert_set(images: ImageSet | None, shape: tuple[int, int, int], interpolat
 
 
 def load_source(cfg: DataConfig, key: str, name: str, labeled: RawDataset) -> RawDataset:
-    """Load dataset ``name`` (named by ``data.<key>``) at the labeled dataset's geometry."""
-    if name not in dataset_names():
-        raise DataError(f"data.{key}={name}: unknown dataset; available: "
-                        f"{', '.join(dataset_names())}")
+    """Load dataset ``name`` (named by ``data.<key>``, a registered dataset: the config checks
+    it) at the labeled dataset's geometry."""
     shape = labeled.train.shape
     square = shape[1] if shape[1] == shape[2] else None
     other_cfg = replaced(  # disk-backed parts are then cached at the run's size

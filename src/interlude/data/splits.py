@@ -20,7 +20,7 @@ from interlude.data.rows import ArrayRows, concat_rows
 from interlude.errors import DataError, shown
 from interlude.files import parse_json
 
-__all__ = ["Sources", "build_ssl_data", "concat_sets", "draw_split", "load_split_file",
+__all__ = ["Sources", "build_ssl_data", "concat_sets", "draw_split", "inlier_rows", "load_split_file",
            "pool_fingerprint"]
 
 _FINGERPRINT_ROWS = 4096
@@ -197,7 +197,7 @@ def _indices(saved: dict, key: str, size: int, what: str, refuse) -> list[int]:
 THINNING_STREAM = 2  # second word of the seed: thinning does not share the split's stream
 
 
-def _inlier_rows(rows: np.ndarray, limit: int | None, data_seed: int) -> np.ndarray:
+def inlier_rows(rows: np.ndarray, limit: int | None, data_seed: int) -> np.ndarray:
     """``rows`` (the in-class remainder), or ``limit`` of them drawn with ``data_seed`` (open
     set: see :attr:`RawDataset.inlier_unlabeled_limit`); the same split gives the same rows."""
     if limit is None or len(rows) <= limit:
@@ -250,7 +250,7 @@ def build_ssl_data(raw: RawDataset, cfg: DataConfig, sources: Sources | None = N
     if foreign is not None:
         unlabeled = _rows(foreign, split["unlabeled"])
     else:
-        unlabeled = pool.subset(_inlier_rows(np.flatnonzero(~taken), raw.inlier_unlabeled_limit,
+        unlabeled = pool.subset(inlier_rows(np.flatnonzero(~taken), raw.inlier_unlabeled_limit,
                                              cfg.data_seed))
         if raw.extra_unlabeled is not None and len(raw.extra_unlabeled):
             unlabeled = concat_sets(unlabeled, raw.extra_unlabeled)
